@@ -1,0 +1,1 @@
+"""Vista's algorithms: plain torch + einops + kornia. Never imports ComfyUI."""
