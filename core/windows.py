@@ -31,6 +31,7 @@ __all__ = [
     "window_weights",
     "total_weight",
     "crop_windows",
+    "scale_window",
     "accumulate_windows",
     "fuse_windows",
 ]
@@ -187,13 +188,20 @@ def crop_windows(x: torch.Tensor, windows: tuple[Window, ...] | list[Window], sc
     crops = []
     H, W = x.shape[-2:]
     for win in windows:
-        sw = _scaled(win, scale, H, W)
+        sw = scale_window(win, scale, H, W)
         crops.append(x[:, :, sw.y : sw.y + sw.h][..., _column_index(sw, W, x.device)])
     return rearrange(torch.stack(crops), "n b c h w -> (b n) c h w")
 
 
-def _scaled(win: Window, scale: int, H: int, W: int) -> Window:
-    """A window mapped onto a feature grid of size ``(H, W)`` at ``1/scale`` resolution."""
+def scale_window(win: Window, scale: int, H: int, W: int) -> Window:
+    """A window mapped onto a feature grid of size ``(H, W)`` at ``1/scale`` resolution.
+
+    Convention: offsets are rounded, sizes are ceil-divided and clamped to the grid, so a
+    grid made by stride-2 convolutions (ceil) lines up when offsets are multiples of ``scale``.
+
+    >>> scale_window(Window(0, 16, 64, 64), 4, 16, 40)
+    Window(y=0, x=4, h=16, w=16)
+    """
     if scale == 1:
         return win
     h, w = min(H, math.ceil(win.h / scale)), min(W, math.ceil(win.w / scale))
