@@ -60,7 +60,7 @@ def multidiffusion_predict(
         if before_batch is not None:
             before_batch()
         pred = predict(crop_windows(x, chunk), chunk)
-        if out is None:
-            out = pred.new_zeros(x.shape[0], pred.shape[1], H, W)
+        if out is None:  # accumulate in at least float32 (fp16 sums of many windows lose bits)
+            out = pred.new_zeros(x.shape[0], pred.shape[1], H, W, dtype=torch.promote_types(pred.dtype, torch.float32))
         accumulate_windows(out, pred, chunk, weights[start : start + len(chunk)])
-    return out / total_weight(tuple(windows), weights, H, W).to(out)
+    return (out / total_weight(tuple(windows), weights, H, W).to(out)).to(pred.dtype)

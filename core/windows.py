@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from einops import rearrange
+from einops import rearrange, repeat
 
 from .checks import check, check_shape
 
@@ -31,6 +31,7 @@ __all__ = [
     "window_weights",
     "total_weight",
     "crop_windows",
+    "repeat_for_windows",
     "scale_window",
     "accumulate_windows",
     "fuse_windows",
@@ -191,6 +192,17 @@ def crop_windows(x: torch.Tensor, windows: tuple[Window, ...] | list[Window], sc
         sw = scale_window(win, scale, H, W)
         crops.append(x[:, :, sw.y : sw.y + sw.h][..., _column_index(sw, W, x.device)])
     return rearrange(torch.stack(crops), "n b c h w -> (b n) c h w")
+
+
+def repeat_for_windows(t: torch.Tensor, n: int) -> torch.Tensor:
+    """Repeat a per-sample tensor for ``n`` windows, sample-major (batch index ``b·n + i``).
+
+    Shape: ``(B, ...)`` → ``(B·n, ...)``.
+
+    >>> repeat_for_windows(torch.tensor([1., 2.]), 3).tolist()
+    [1.0, 1.0, 1.0, 2.0, 2.0, 2.0]
+    """
+    return repeat(t, "b ... -> (b n) ...", n=n)
 
 
 def scale_window(win: Window, scale: int, H: int, W: int) -> Window:

@@ -2,6 +2,7 @@
 
 ComfyUI has a top-level module ``nodes``; our ``nodes/`` package must never shadow it,
 so the repo root stays off ``sys.path`` and tests import ``vista.core…`` / ``vista.nodes…``.
+Test helpers live in ``tests/support/`` (on sys.path, e.g. ``from denoisers import euler``).
 """
 from __future__ import annotations
 
@@ -22,3 +23,5 @@ def _load_pack() -> None:
 
 
 _load_pack()
+# Shared test helpers (tiny denoisers, …) are plain modules in tests/support/.
+sys.path.insert(0, str(ROOT / "tests" / "support"))

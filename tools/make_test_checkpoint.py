@@ -1,0 +1,215 @@
+"""Build a small random-weight checkpoint that ComfyUI loads as Stable Diffusion 1.5.
+
+Usage::
+
+    python tools/make_test_checkpoint.py OUT_DIR [--host COMFYUI_PATH] [--force] [--check]
+
+Writes ``OUT_DIR/vista_test_sd15.safetensors`` (skipped when it already exists unless
+``--force``). The modules are instantiated from the host's OWN classes (``comfy`` is
+imported from ``--host``, default ``$COMFYUI_PATH``), so the key names are exactly the
+ones ``CheckpointLoaderSimple`` expects:
+
+* ``model.diffusion_model.*``  a slim ``UNetModel``: model_channels=320 and context_dim=768
+  (what ``model_detection.detect_unet_config`` + ``supported_models.SD15.matches`` need),
+  but only 2 levels (channel_mult (1, 2), one res block and one transformer per level).
+* ``first_stage_model.*``      the standard SD VAE (``AutoencoderKL``, ch=128,
+  ch_mult [1, 2, 4, 4]). v0.3.64 hard-codes this config, so a slimmer VAE does not load there.
+* ``cond_stage_model.transformer.text_model.*``  the complete CLIP-L text encoder
+  (``sd1_clip.SDClipModel``, fixed config; random weights).
+
+Weights are deterministic (seeded generator, small magnitude, stored as fp16), so images
+are noise but every tensor stays finite. ``--check`` loads the file back with
+``comfy.sd.load_checkpoint_guess_config`` and times one euler step on a 64x64 latent.
+
+This tool is for the test tiers only: it imports the host, and the pack never imports it.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+CHECKPOINT_NAME = "vista_test_sd15.safetensors"
+SEED = 20240917
+
+# Slim SD1.5-compatible UNet. Detection keys on model_channels=320, context_dim=768,
+# use_linear_in_transformer=False, adm_in_channels=None (supported_models.SD15.unet_config).
+UNET_CONFIG = {
+    "image_size": 32,
+    "in_channels": 4,
+    "out_channels": 4,
+    "model_channels": 320,
+    "num_res_blocks": [1, 1],
+    "channel_mult": [1, 2],
+    "transformer_depth": [1, 1],
+    "transformer_depth_output": [1, 1, 1, 1],
+    "transformer_depth_middle": 1,
+    "context_dim": 768,
+    "num_heads": 8,
+    "num_head_channels": -1,
+    "use_spatial_transformer": True,
+    "use_linear_in_transformer": False,
+    "legacy": False,
+    "adm_in_channels": None,
+    "use_checkpoint": False,
+}
+
+# The SD1.x/2.x VAE config that comfy/sd.py hard-codes (v0.3.64 and v0.33.0).
+VAE_DDCONFIG = {
+    "double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3,
+    "ch": 128, "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0,
+}
+
+
+def _import_host(host: Path):
+    """Import ``comfy`` from the host checkout, CPU only (as ``main.py --cpu`` would)."""
+    if not (host / "comfy" / "sd.py").is_file():
+        raise SystemExit(f"make_test_checkpoint: --host {host} is not a ComfyUI checkout (no comfy/sd.py)")
+    sys.path.insert(0, str(host))
+    import comfy.options
+
+    comfy.options.enable_args_parsing()
+    saved_argv = sys.argv
+    sys.argv = [saved_argv[0], "--cpu"]
+    try:
+        import comfy.cli_args  # noqa: F401  (parses --cpu once, before model_management)
+        import comfy.model_management  # noqa: F401
+    finally:
+        sys.argv = saved_argv
+    import comfy.ldm.models.autoencoder
+    import comfy.ldm.modules.diffusionmodules.openaimodel
+    import comfy.ops
+    import comfy.sd1_clip
+
+    return comfy
+
+
+def _init_(name: str, tensor, generator) -> None:
+    """Deterministic small-magnitude init: norms 1, biases 0, embeddings N(0, 0.02), weights N(0, 0.5/sqrt(fan_in))."""
+    import torch
+
+    leaf = name.rsplit(".", 1)[-1]
+    if not tensor.is_floating_point():
+        return
+    if leaf == "bias":
+        tensor.zero_()
+    elif tensor.ndim == 1:
+        tensor.fill_(1.0)
+    elif "embedding" in name:
+        tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.02)
+    else:
+        fan_in = math.prod(tensor.shape[1:])
+        tensor.copy_(torch.randn(tensor.shape, generator=generator) * (0.5 / math.sqrt(fan_in)))
+
+
+def _randomised_state_dict(module, prefix: str, generator, keep=lambda k: True) -> dict:
+    import torch
+
+    out = {}
+    with torch.no_grad():
+        for name, tensor in module.state_dict().items():
+            if not keep(name):
+                continue
+            t = tensor.detach().clone().float()
+            _init_(name, t, generator)
+            out[prefix + name] = t.to(torch.float16).contiguous()
+    return out
+
+
+def build_state_dict(comfy) -> dict:
+    """All three modules, built with the host's classes, keyed like an SD1.5 checkpoint."""
+    import torch
+
+    generator = torch.Generator().manual_seed(SEED)
+    ops = comfy.ops.disable_weight_init  # no init work at construction; _init_ sets every value
+    unet = comfy.ldm.modules.diffusionmodules.openaimodel.UNetModel(**UNET_CONFIG, device="cpu", operations=ops)
+    sd = _randomised_state_dict(unet, "model.diffusion_model.", generator)
+    del unet
+    vae = comfy.ldm.models.autoencoder.AutoencoderKL(ddconfig=dict(VAE_DDCONFIG), embed_dim=4)
+    sd.update(_randomised_state_dict(vae, "first_stage_model.", generator))
+    del vae
+    clip = comfy.sd1_clip.SDClipModel(device="cpu", dtype=torch.float32)
+    sd.update(_randomised_state_dict(clip, "cond_stage_model.", generator,
+                                     keep=lambda k: k.startswith("transformer.text_model.")))
+    return sd
+
+
+def _count(sd: dict, prefix: str) -> int:
+    return sum(t.numel() for k, t in sd.items() if k.startswith(prefix))
+
+
+def make_checkpoint(out_dir: Path, host: Path, force: bool = False) -> Path:
+    """Write ``out_dir/vista_test_sd15.safetensors`` unless it exists; return its path."""
+    target = out_dir / CHECKPOINT_NAME
+    if target.is_file() and not force:
+        print(f"make_test_checkpoint: {target} exists, not rebuilding")
+        return target
+    comfy = _import_host(host)
+    import safetensors.torch
+
+    start = time.perf_counter()
+    sd = build_state_dict(comfy)
+    built = time.perf_counter() - start
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(f".tmp{os.getpid()}")
+    safetensors.torch.save_file(sd, str(tmp), metadata={"vista": "random-weight SD1.5 test checkpoint", "seed": str(SEED)})
+    os.replace(tmp, target)
+    print(f"make_test_checkpoint: unet {_count(sd, 'model.diffusion_model.') / 1e6:.1f}M, "
+          f"vae {_count(sd, 'first_stage_model.') / 1e6:.1f}M, clip {_count(sd, 'cond_stage_model.') / 1e6:.1f}M params; "
+          f"built in {built:.1f}s, total {time.perf_counter() - start:.1f}s -> {target} "
+          f"({target.stat().st_size / 2**20:.0f} MiB)")
+    return target
+
+
+def check_checkpoint(path: Path, host: Path) -> None:
+    """Load through ComfyUI's checkpoint loader and time one euler step + a VAE decode."""
+    comfy = _import_host(host)
+    import torch
+
+    import comfy.model_detection
+    import comfy.sample
+    import comfy.sd
+    import comfy.utils
+
+    sd = comfy.utils.load_torch_file(str(path))
+    print("detected unet config:", comfy.model_detection.detect_unet_config(sd, "model.diffusion_model."))
+    start = time.perf_counter()
+    model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(path), output_vae=True, output_clip=True)
+    print(f"loaded as {type(model.model.model_config).__name__} in {time.perf_counter() - start:.1f}s")
+    start = time.perf_counter()
+    tokens = clip.tokenize("a photo of a city skyline")
+    cond = [[clip.encode_from_tokens(tokens), {}]]
+    print(f"clip encode {time.perf_counter() - start:.2f}s")
+    latent = torch.zeros(1, 4, 64, 64)
+    noise = comfy.sample.prepare_noise(latent, 0)
+    for steps in (1, 4):
+        start = time.perf_counter()
+        out = comfy.sample.sample(model, noise, steps, 7.5, "euler", "normal", cond, cond, latent, disable_pbar=True)
+        print(f"{steps} euler step(s) at 512x512 px (cfg, batch 2): {time.perf_counter() - start:.2f}s, finite={bool(torch.isfinite(out).all())}")
+    start = time.perf_counter()
+    image = vae.decode(out)
+    print(f"vae decode 512x512: {time.perf_counter() - start:.2f}s, shape {tuple(image.shape)}, finite={bool(torch.isfinite(image).all())}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--host", type=Path, default=os.environ.get("COMFYUI_PATH"),
+                        help="ComfyUI checkout whose classes build the modules (default: $COMFYUI_PATH)")
+    parser.add_argument("--force", action="store_true", help="rebuild even if the file exists")
+    parser.add_argument("--check", action="store_true", help="load it back and time a sampling step")
+    args = parser.parse_args(argv)
+    if args.host is None:
+        parser.error("--host is required when COMFYUI_PATH is not set")
+    host = args.host.resolve()
+    path = make_checkpoint(args.out_dir, host, force=args.force)
+    if args.check:
+        check_checkpoint(path, host)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
