@@ -43,7 +43,12 @@ __all__ = [
     "merged_cross_attention",
     "mad_step_index",
     "mad_active",
+    "MAD_LAYOUT_KEY",
+    "mad_attention_patch",
 ]
+
+MAD_LAYOUT_KEY = "vista_mad"
+"""transformer_options key under which the node layer puts the call's :class:`MadLayout`."""
 
 Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``attention(q (B, Tq, heads·d), k (B, Tk, heads·d), v (B, Tk, heads·d)) -> (B, Tq, heads·d)``,
@@ -112,7 +117,7 @@ def block_scale(window_hw: Sequence[int], block_hw: Sequence[int]) -> int:
     (h, w), (bh, bw) = window_hw, block_hw
     check(min(h, w, bh, bw) >= 1, f"window_hw {tuple(window_hw)} and block_hw {tuple(block_hw)} must be >= 1")
     s = 1
-    while s <= max(h, w):
+    while s < 2 * max(h, w):
         if (math.ceil(h / s), math.ceil(w / s)) == (bh, bw):
             return s
         s *= 2
@@ -189,7 +194,7 @@ def merge_tokens(
     >>> merge_tokens(torch.tensor([[[1.0], [3.0]], [[5.0], [7.0]]]), [Window(0, 0, 1, 2), Window(0, 1, 1, 2)], (1, 3), (1, 2)).flatten()
     tensor([1., 4., 7.])
     """
-    index, (Hs, Ws) = window_token_index(windows, canvas_hw, block_hw, tokens.device)
+    index, (Hs, Ws) = window_token_index(windows, canvas_hw, block_hw)  # on the CPU: no device sync
     _check_tokens(tokens, len(windows), index.shape[1], "tokens")
     count = torch.bincount(index.flatten(), minlength=Hs * Ws)
     missing = (count == 0).nonzero().flatten()
@@ -202,8 +207,8 @@ def merge_tokens(
     acc = torch.promote_types(tokens.dtype, torch.float32)
     grouped = rearrange(tokens, "(b n) t c -> b (n t) c", n=len(windows)).to(acc)
     canvas = grouped.new_zeros(grouped.shape[0], Hs * Ws, grouped.shape[-1])
-    canvas.index_add_(1, index.flatten(), grouped)
-    return (canvas / count[:, None].to(acc)).to(tokens.dtype)
+    canvas.index_add_(1, index.flatten().to(tokens.device), grouped)
+    return (canvas / count[:, None].to(canvas)).to(tokens.dtype)
 
 
 def split_tokens(
@@ -330,3 +335,38 @@ def mad_active(sigma: float | torch.Tensor, sample_sigmas: Sequence[float] | tor
     check_range("tau", tau, 0.0, 1.0)
     n_steps = torch.as_tensor(sample_sigmas).numel() - 1
     return mad_step_index(sigma, sample_sigmas) < tau * n_steps
+
+
+def mad_attention_patch(cross: bool, tau: float, optimized_attention: Callable, key: str = MAD_LAYOUT_KEY) -> Callable:
+    """An attention-replace patch ``fn(q, k, v, extra_options)`` for ComfyUI's attn1/attn2 (MAD §4–5).
+
+    The patch reads the call's :class:`MadLayout` from ``extra_options[key]`` and applies the
+    merged attention while :func:`mad_active` (``extra_options["sigmas"]``, ``["sample_sigmas"]``);
+    otherwise — no layout (the model runs without Vista's window wrapper), no schedule, or past
+    τ — it is exactly ComfyUI's own attention ``optimized_attention(q, k, v, n_heads, ...)``.
+
+    Args:
+        cross: ``True`` for cross-attention (attn2), ``False`` for self-attention (attn1).
+        tau: fraction of the steps with MAD, in ``[0, 1]`` (paper: 0.3 = 15 of 50).
+        optimized_attention: the host's ``optimized_attention(q, k, v, heads, attn_precision=, transformer_options=)``.
+        key: transformer_options key of the layout.
+
+    Shape: ``q (B·N, h_s·w_s, heads·d)``; ``extra_options["activations_shape"][-2:] == (h_s, w_s)``.
+    """
+    check_range("tau", tau, 0.0, 1.0)
+    merged = merged_cross_attention if cross else merged_self_attention
+
+    def patch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
+        heads = extra_options["n_heads"]
+        kwargs = {"attn_precision": extra_options.get("attn_precision"), "transformer_options": extra_options}
+
+        def attention(q, k, v):
+            return optimized_attention(q, k, v, heads, **kwargs)
+
+        layout, sigmas, schedule = (extra_options.get(name) for name in (key, "sigmas", "sample_sigmas"))
+        if layout is None or sigmas is None or schedule is None or not mad_active(sigmas, schedule, tau):
+            return attention(q, k, v)
+        block_hw = tuple(extra_options["activations_shape"][-2:])
+        return merged(q, k, v, layout.windows, layout.canvas_hw, block_hw, attention)
+
+    return patch
