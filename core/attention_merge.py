@@ -48,6 +48,7 @@ __all__ = [
 ]
 
 MAD_LAYOUT_KEY = "vista_mad"
+MAD_TAU_KEY = "vista_mad_tau"  # transformer_options: τ of an active MAD patch (the window wrapper batches all windows then)
 """transformer_options key under which the node layer puts the call's :class:`MadLayout`."""
 
 Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]

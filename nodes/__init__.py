@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
+from .mad import VistaMADAttention
 from .tiled_diffusion import VistaTiledDiffusion
 
 
@@ -10,4 +11,4 @@ class VistaExtension(ComfyExtension):
     """Every Vista node."""
 
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [VistaTiledDiffusion]
+        return [VistaTiledDiffusion, VistaMADAttention]

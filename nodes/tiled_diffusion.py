@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ..core.attention_merge import MAD_LAYOUT_KEY, MAD_TAU_KEY, MadLayout, mad_active
 from ..core.multidiffusion import multidiffusion_predict
 from ..core.windows import WEIGHT_MODES, repeat_for_windows, window_weights
 from ._common import WindowSpec, check_pixels, check_strides, latent_factor, throw_if_interrupted, unet_alignment, window_conds
@@ -20,6 +21,7 @@ class TiledDiffusionPatch:
         x, sigma, c = args["input"], args["timestep"], args["c"]
         windows = self.spec.plan(*x.shape[-2:])
         weights = window_weights(windows, self.weight_mode, dtype=x.dtype, device=x.device)
+        c, batch_size = with_mad_layout(c, windows, tuple(x.shape[-2:]), self.spec.wrap_x, sigma, self.batch_size)
 
         def predict(crops, chunk):
             window_args = {"input": crops, "timestep": repeat_for_windows(sigma, len(chunk)),
@@ -28,7 +30,17 @@ class TiledDiffusionPatch:
                 return self.previous(apply_model, window_args)
             return apply_model(window_args["input"], window_args["timestep"], **window_args["c"])
 
-        return multidiffusion_predict(predict, x, windows, weights, self.batch_size, before_batch=throw_if_interrupted)
+        return multidiffusion_predict(predict, x, windows, weights, batch_size, before_batch=throw_if_interrupted)
+
+
+def with_mad_layout(c: dict, windows, canvas_hw, wrap_x: bool, sigma, batch_size: int) -> tuple[dict, int]:
+    """While a Vista MAD patch is active, hand it the window layout and denoise all windows in one call."""
+    options = c.get("transformer_options", {})
+    tau, schedule = options.get(MAD_TAU_KEY), options.get("sample_sigmas")
+    if tau is None or schedule is None or not mad_active(sigma, schedule, tau):
+        return c, batch_size
+    options = {**options, MAD_LAYOUT_KEY: MadLayout(tuple(windows), canvas_hw, wrap_x)}
+    return {**c, "transformer_options": options}, len(windows)
 
 
 class VistaTiledDiffusion(io.ComfyNode):

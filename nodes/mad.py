@@ -1,0 +1,62 @@
+"""Vista MAD Attention: merge the windows before attention, attend on the canvas, split after."""
+from __future__ import annotations
+
+import comfy.ldm.modules.attention as comfy_attention
+from comfy_api.latest import io
+
+from ..core.attention_merge import MAD_TAU_KEY, mad_attention_patch
+
+NODE = "Vista MAD Attention"
+BLOCKS = ("input", "middle", "output")
+
+
+def transformer_blocks(diffusion_model, names: tuple[str, ...]) -> list[tuple[str, int]]:
+    """(block name, index) of every SpatialTransformer in the chosen UNet blocks."""
+    groups = {"input": list(getattr(diffusion_model, "input_blocks", [])),
+              "middle": [getattr(diffusion_model, "middle_block", [])],
+              "output": list(getattr(diffusion_model, "output_blocks", []))}
+    return [(name, i) for name in names for i, block in enumerate(groups[name])
+            if any(isinstance(layer, comfy_attention.SpatialTransformer) for layer in block)]
+
+
+class VistaMADAttention(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="VistaMADAttention",
+            display_name=NODE,
+            category="Vista/attention",
+            description=(
+                "MAD, Merge-Attend-Diffuse (Quattrini et al.): for the first tau of the steps, self-attention runs on "
+                "the whole merged canvas (the windows' q, k, v averaged into canvas tokens, attended, split back) and "
+                "cross-attention queries are merged the same way, so distant windows agree on content and style. "
+                "Chain it with Vista Tiled Diffusion (or use it with the Vista Latent Fusion Sampler); alone it changes "
+                "nothing. While active, all windows of a step are denoised in one call; merged self-attention grows "
+                "quadratically with the canvas. Windows, strides and the canvas should be multiples of 64 px on SD1.5."
+            ),
+            inputs=[
+                io.Model.Input("model", tooltip="A UNet model (SD1.x/2.x/SDXL), usually before or after Vista Tiled Diffusion."),
+                io.Float.Input("tau", default=0.3, min=0.0, max=1.0, step=0.01,
+                               tooltip="Fraction of the sampling steps with merged attention, counted from the first "
+                                       "(paper: 15 of 50 = 0.3). 0 = off, 1 = every step."),
+                io.Boolean.Input("input_blocks", default=True, tooltip="Merge attention in the UNet's input (down) blocks."),
+                io.Boolean.Input("middle_block", default=True, tooltip="Merge attention in the UNet's middle block."),
+                io.Boolean.Input("output_blocks", default=True, tooltip="Merge attention in the UNet's output (up) blocks."),
+            ],
+            outputs=[io.Model.Output(tooltip="The model with MAD attention patches.")],
+            is_experimental=True,
+        )
+
+    @classmethod
+    def execute(cls, model, tau: float, input_blocks: bool, middle_block: bool, output_blocks: bool) -> io.NodeOutput:
+        names = tuple(n for n, on in zip(BLOCKS, (input_blocks, middle_block, output_blocks)) if on)
+        blocks = transformer_blocks(model.get_model_object("diffusion_model"), names)
+        if not blocks:
+            raise ValueError(f"{NODE}: the model has no SpatialTransformer attention in the chosen blocks {names}; "
+                             f"enable input_blocks/middle_block/output_blocks or use a UNet model (SD1.x/2.x/SDXL)")
+        model = model.clone()
+        for name, index in blocks:
+            model.set_model_attn1_replace(mad_attention_patch(False, tau, comfy_attention.optimized_attention), name, index)
+            model.set_model_attn2_replace(mad_attention_patch(True, tau, comfy_attention.optimized_attention), name, index)
+        model.model_options.setdefault("transformer_options", {})[MAD_TAU_KEY] = tau
+        return io.NodeOutput(model)
