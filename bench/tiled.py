@@ -59,10 +59,10 @@ def _host_and_checkpoint(host: Path):
 
 def _patched(pack: str, model, window: int, stride: int, batch: int):
     if pack == "vista":
-        vista = _load("vista", ROOT, package=True)
-        from vista.nodes.tiled_diffusion import VistaTiledDiffusion  # noqa: F401  (vista loaded above)
+        _load("vista", ROOT, package=True)
+        from vista.nodes.tiled_diffusion import VistaTiledDiffusion
 
-        return vista.nodes.tiled_diffusion.VistaTiledDiffusion.execute(
+        return VistaTiledDiffusion.execute(
             model, window_width=window, window_height=window, stride_x=stride, stride_y=stride,
             weight_mode="uniform", wrap_x=False, window_batch_size=batch).result[0]
     peer = _load("ComfyUI_TiledDiffusion", Path(os.environ["TILED_DIFFUSION_PATH"]), package=True)

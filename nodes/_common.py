@@ -1,20 +1,26 @@
 """Shared glue between ComfyUI objects and core/: units, errors, interrupts, cond cropping."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import comfy.model_management
-import torch
 
 from ..core.checks import VistaInputError
-from ..core.windows import Window, crop_windows, plan_windows, repeat_for_windows
+from ..core.windows import Window, plan_windows
 
-CANVAS_KEYS_NOT_CROPPED = ("c_crossattn", "y")  # per-sample conditioning, repeated per window
+
+HOST_DEFAULT_LATENT_FACTOR = 8  # what v0.3.64's own EmptyLatentImage assumes for every image model
 
 
 def latent_factor(model) -> int:
-    """Image pixels per latent pixel for this model (8 for SD1.x/SDXL; never assumed)."""
-    return int(model.get_model_object("latent_format").spacial_downscale_ratio)
+    """Image pixels per latent pixel for this model, from its latent format.
+
+    v0.33.0 publishes ``spacial_downscale_ratio`` on every latent format; v0.3.64 does not
+    (its EmptyLatentImage hard-codes 8), so there the host's own convention applies.
+    """
+    fmt = model.get_model_object("latent_format")
+    return int(getattr(fmt, "spacial_downscale_ratio", HOST_DEFAULT_LATENT_FACTOR))
 
 
 def unet_alignment(model) -> int:
@@ -42,16 +48,22 @@ class WindowSpec:
     align: int = 1
 
     def plan(self, height: int, width: int) -> tuple[Window, ...]:
-        """The window plan for a ``height x width`` latent, errors named by node input."""
+        """The window plan for a ``height x width`` latent, errors named by node input.
+
+        A window larger than the latent is clamped to it, with a warning: ComfyUI calls the
+        model on the area crop for area conditioning, and a small canvas is then sampled plainly.
+        """
         f = self.factor
+        window_h, window_w = self.window_height // f, self.window_width // f
         for name, px, limit, side in (("window_width", self.window_width, width, "width"),
                                       ("window_height", self.window_height, height, "height")):
             if px > limit * f:
-                raise ValueError(f"{self.node}: {name}={px} px is larger than the image {side} {limit * f} px; "
-                                 f"lower it to at most {limit * f} or enlarge the canvas")
+                logging.warning("%s: %s=%d px is larger than the image/area %s %d px; using one window of %d px "
+                                "there (lower it to silence this)", self.node, name, px, side, limit * f, limit * f)
+        window_h, window_w = min(window_h, height), min(window_w, width)
         try:
-            return plan_windows(height, width, self.window_height // f, self.window_width // f,
-                                self.stride_y // f, self.stride_x // f, wrap_x=self.wrap_x, align=self.align)
+            return plan_windows(height, width, window_h, window_w, min(self.stride_y // f, window_h),
+                                min(self.stride_x // f, window_w), wrap_x=self.wrap_x, align=self.align)
         except VistaInputError as e:
             raise ValueError(f"{self.node}: {e}") from e
 
@@ -82,24 +94,3 @@ def check_strides(node: str, window_width: int, window_height: int, stride_x: in
             return (f"{node}: {sname}={stride} px must be in [{STRIDE_MIN_PX}, {wname}={window}] px "
                     f"(a stride larger than the window leaves gaps)")
     return True
-
-
-def window_conds(c: dict, canvas_hw: tuple[int, int], windows: tuple[Window, ...]) -> dict:
-    """The model-call kwargs ``c`` of a canvas, rewritten for a sample-major batch of windows.
-
-    Canvas-sized tensors (``c_concat``, masks) are cropped per window; ControlNet residuals
-    are cropped per UNet block at that block's scale; per-sample tensors are repeated.
-    """
-    n, H = len(windows), canvas_hw[0]
-    out = {}
-    for key, value in c.items():
-        if key == "control" and value is not None:
-            out[key] = {block: [None if t is None else crop_windows(t, windows, scale=max(1, round(H / t.shape[-2])))
-                                for t in residuals] for block, residuals in value.items()}
-        elif isinstance(value, torch.Tensor) and value.ndim == 4 and tuple(value.shape[-2:]) == tuple(canvas_hw):
-            out[key] = crop_windows(value, windows)
-        elif isinstance(value, torch.Tensor) and value.ndim >= 1:
-            out[key] = repeat_for_windows(value, n)
-        else:
-            out[key] = value
-    return out

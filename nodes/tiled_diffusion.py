@@ -6,7 +6,8 @@ from comfy_api.latest import io
 from ..core.attention_merge import MAD_LAYOUT_KEY, MAD_TAU_KEY, MadLayout, mad_active
 from ..core.multidiffusion import multidiffusion_predict
 from ..core.windows import WEIGHT_MODES, repeat_for_windows, window_weights
-from ._common import WindowSpec, check_pixels, check_strides, latent_factor, throw_if_interrupted, unet_alignment, window_conds
+from ..core.conditioning import window_call_kwargs
+from ._common import WindowSpec, check_pixels, check_strides, latent_factor, throw_if_interrupted, unet_alignment
 
 NODE = "Vista Tiled Diffusion"
 
@@ -25,7 +26,7 @@ class TiledDiffusionPatch:
 
         def predict(crops, chunk):
             window_args = {"input": crops, "timestep": repeat_for_windows(sigma, len(chunk)),
-                           "c": window_conds(c, x.shape[-2:], chunk), "cond_or_uncond": args["cond_or_uncond"]}
+                           "c": window_call_kwargs(c, x.shape[-2:], chunk), "cond_or_uncond": args["cond_or_uncond"]}
             if self.previous is not None:
                 return self.previous(apply_model, window_args)
             return apply_model(window_args["input"], window_args["timestep"], **window_args["c"])

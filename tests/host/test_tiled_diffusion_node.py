@@ -4,9 +4,6 @@ import torch
 
 from host import encode, import_host, load_checkpoint
 
-NODE = None
-
-
 @pytest.fixture(scope="module")
 def host():
     comfy = import_host()
@@ -38,8 +35,8 @@ class TestTiledDiffusionNode:
         tiled = sample(comfy, patch(node, model, window_width=256, window_height=256), pos, neg, 32, 32)
         assert (tiled - plain).abs().max().item() <= 1e-4
 
-    @pytest.mark.parametrize("weight_mode", ["uniform", "gaussian", "guided"])
-    @pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m", "euler_ancestral"])
+    @pytest.mark.parametrize("weight_mode, sampler", [("uniform", "dpmpp_2m"), ("gaussian", "euler_ancestral"),
+                                                      ("guided", "heun")])
     def test_panorama_any_sampler(self, host, weight_mode, sampler):
         comfy, node, model, pos, neg = host
         out = sample(comfy, patch(node, model, window_width=256, window_height=256, stride_x=64,
@@ -65,10 +62,31 @@ class TestTiledDiffusionNode:
         sample(comfy, patch(node, inner, window_width=256, window_height=256, stride_x=128), pos, neg, 32, 64, steps=1)
         assert seen and all(s[-2:] == (32, 32) for s in seen)
 
-    def test_window_larger_than_canvas_names_input(self, host):
+    def test_window_larger_than_canvas_is_clamped_with_warning(self, host, caplog):
+        """A window wider than the image/area (area conditioning crops the model input) is clamped
+        to it with a warning naming the input; the result is the plain sampler's (tolerance 1e-4)."""
         comfy, node, model, pos, neg = host
-        with pytest.raises(ValueError, match="window_width=512 px is larger than the image width 256 px"):
-            sample(comfy, patch(node, model), pos, neg, 64, 32, steps=1)
+        plain = sample(comfy, model, pos, neg, 32, 16, steps=1)
+        with caplog.at_level("WARNING"):
+            tiled = sample(comfy, patch(node, model), pos, neg, 32, 16, steps=1)
+        assert "window_width=512 px is larger than the image/area width 128 px" in caplog.text
+        assert (tiled - plain).abs().max().item() <= 1e-4
+
+    def test_area_conditioning_and_inpaint_mask(self, host):
+        """Area conditioning (model called on the area crop) and an inpainting noise mask both work."""
+        comfy, node, model, pos, neg = host
+        import node_helpers
+
+        area = node_helpers.conditioning_set_values(pos, {"area": (16, 16, 0, 8), "strength": 1.0,
+                                                           "set_area_to_bounds": False})
+        latent = torch.zeros(1, 4, 32, 64)
+        mask = torch.zeros(1, 1, 32, 64)
+        mask[..., 16:] = 1.0
+        noise = comfy.sample.prepare_noise(latent, 1)
+        out = comfy.sample.sample(patch(node, model, window_width=256, window_height=256), noise, 2, 5.0, "euler",
+                                  "normal", pos + area, neg, latent, noise_mask=mask, disable_pbar=True, seed=1)
+        assert torch.isfinite(out).all()
+        assert (out[..., :8] - latent[..., :8]).abs().max().item() <= 1e-4  # unmasked columns keep the source
 
     def test_size_not_multiple_of_factor(self, host):
         comfy, node, model, pos, neg = host

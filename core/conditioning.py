@@ -1,0 +1,57 @@
+"""Per-window model-call arguments: crop what is spatial, repeat what is per sample.
+
+Everything spatial that a window sees must be cropped with it (DESIGN.md): ``c_concat``
+(inpainting/instruct models), masks and ControlNet residuals, which arrive canvas-sized in
+the model call. Per-sample tensors (prompt embeddings, pooled vectors, timesteps) are
+repeated for every window, sample-major.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .windows import Window, crop_windows, repeat_for_windows
+
+__all__ = ["feature_scale", "window_call_kwargs"]
+
+
+def feature_scale(canvas_h: int, feature_h: int) -> int:
+    """Downscale of a feature map relative to the latent, e.g. a UNet block's residual.
+
+    Stride-2 convolutions round up, so a 65-row latent gives 33 rows at scale 2.
+
+    >>> feature_scale(64, 16), feature_scale(65, 33), feature_scale(8, 8)
+    (4, 2, 1)
+    """
+    return max(1, round(canvas_h / feature_h))
+
+
+def window_call_kwargs(c: dict, canvas_hw: Sequence[int], windows: Sequence[Window]) -> dict:
+    """The keyword arguments of a canvas model call, rewritten for a batch of windows.
+
+    Args:
+        c: keyword arguments of the call (``c_crossattn``, ``c_concat``, ``y``, ``control``,
+            ``transformer_options``, …). ``control`` is ``{block: [residual | None, …]}`` with
+            residuals ``(B, C, H_s, W_s)`` at each UNet block's scale.
+        canvas_hw: ``(H, W)`` of the canvas latent.
+        windows: the ``n`` windows of this call.
+
+    Returns:
+        A new dict: ``(B, C, H, W)`` tensors cropped to ``(B·n, C, h, w)``, residuals cropped at
+        their block scale, other tensors with a batch dim repeated to ``B·n`` (sample-major),
+        everything else passed through unchanged.
+    """
+    windows = tuple(windows)
+    out = {}
+    for key, value in c.items():
+        if key == "control" and value is not None:
+            out[key] = {block: [None if t is None else crop_windows(t, windows, feature_scale(canvas_hw[0], t.shape[-2]))
+                                for t in residuals] for block, residuals in value.items()}
+        elif isinstance(value, torch.Tensor) and value.ndim == 4 and tuple(value.shape[-2:]) == tuple(canvas_hw):
+            out[key] = crop_windows(value, windows)
+        elif isinstance(value, torch.Tensor) and value.ndim >= 1:
+            out[key] = repeat_for_windows(value, len(windows))
+        else:
+            out[key] = value
+    return out
