@@ -1,0 +1,67 @@
+"""Node tier: ControlNet residuals reach every window cropped per UNet block (real host, random ControlNet)."""
+import functools
+
+import pytest
+import torch
+
+from host import _tool, encode, import_host, load_checkpoint
+
+
+@functools.lru_cache(maxsize=None)
+def random_controlnet():
+    """A ControlNet for the slim test UNet, built from the host's own class with seeded weights."""
+    comfy = import_host()
+    import comfy.cldm.cldm
+    import comfy.controlnet
+    import comfy.ops
+
+    tool = _tool()
+    config = {k: v for k, v in tool.UNET_CONFIG.items() if k != "out_channels"}
+    net = comfy.cldm.cldm.ControlNet(**config, hint_channels=3, device="cpu", operations=comfy.ops.disable_weight_init)
+    sd = tool._randomised_state_dict(net, "", torch.Generator().manual_seed(5))
+    return comfy.controlnet.load_controlnet_state_dict({k: v.float() for k, v in sd.items()})
+
+
+@pytest.fixture(scope="module")
+def host():
+    comfy = import_host()
+    from vista.nodes.tiled_diffusion import VistaTiledDiffusion
+
+    model, clip, _ = load_checkpoint()
+    return comfy, VistaTiledDiffusion, model, encode(clip, "a street"), encode(clip, "")
+
+
+def with_control(conditioning, height_px, width_px):
+    hint = torch.linspace(0, 1, width_px).expand(1, 3, height_px, width_px).contiguous()
+    control = random_controlnet().copy().set_cond_hint(hint, 1.0, (0.0, 1.0))
+    return [[t, {**d, "control": control}] for t, d in conditioning]
+
+
+def sample(comfy, model, positive, negative, height, width, seed=4):
+    latent = torch.zeros(1, 4, height, width)
+    return comfy.sample.sample(model, comfy.sample.prepare_noise(latent, seed), 2, 5.0, "euler", "normal",
+                               positive, negative, latent, disable_pbar=True, seed=seed)
+
+
+def tiled(node, model, window_px, stride_px):
+    return node.execute(model, window_width=window_px, window_height=window_px, stride_x=stride_px,
+                        stride_y=stride_px, weight_mode="uniform", wrap_x=False, window_batch_size=2).result[0]
+
+
+class TestControlNetThroughWindows:
+    def test_window_equals_canvas_matches_unpatched(self, host):
+        """One window = the canvas: patched + ControlNet = unpatched + ControlNet (tolerance 1e-4)."""
+        comfy, node, model, pos, neg = host
+        pos_c, neg_c = with_control(pos, 256, 256), with_control(neg, 256, 256)
+        plain = sample(comfy, model, pos_c, neg_c, 32, 32)
+        patched = sample(comfy, tiled(node, model, 256, 64), pos_c, neg_c, 32, 32)
+        assert (patched - plain).abs().max().item() <= 1e-4
+
+    def test_panorama_windows_get_cropped_residuals(self, host):
+        """Several windows: residuals are cropped per block (a mis-crop would fail on shapes) and
+        the hint changes the result."""
+        comfy, node, model, pos, neg = host
+        patched = tiled(node, model, 256, 128)
+        with_hint = sample(comfy, patched, with_control(pos, 256, 512), with_control(neg, 256, 512), 32, 64)
+        without = sample(comfy, patched, pos, neg, 32, 64)
+        assert torch.isfinite(with_hint).all() and (with_hint - without).abs().max().item() > 1e-3
