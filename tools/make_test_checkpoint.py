@@ -4,16 +4,20 @@ Usage::
 
     python tools/make_test_checkpoint.py OUT_DIR [--host COMFYUI_PATH] [--force] [--check]
 
-Writes ``OUT_DIR/vista_test_sd15.safetensors`` (skipped when it already exists unless
+Writes ``OUT_DIR/vista_test_sd15.safetensors`` (skipped when a file of the same ``BUILD`` exists, unless
 ``--force``). The modules are instantiated from the host's OWN classes (``comfy`` is
 imported from ``--host``, default ``$COMFYUI_PATH``), so the key names are exactly the
 ones ``CheckpointLoaderSimple`` expects:
 
 * ``model.diffusion_model.*``  a slim ``UNetModel``: model_channels=320 and context_dim=768
   (what ``model_detection.detect_unet_config`` + ``supported_models.SD15.matches`` need),
-  but only 2 levels (channel_mult (1, 2), one res block and one transformer per level).
-* ``first_stage_model.*``      the standard SD VAE (``AutoencoderKL``, ch=128,
-  ch_mult [1, 2, 4, 4]). v0.3.64 hard-codes this config, so a slimmer VAE does not load there.
+  but only 2 levels, both at 320 channels (channel_mult (1, 1), one res block and one transformer
+  per level): ~40M parameters.
+* ``first_stage_model.*``      a TAESD autoencoder (``comfy.taesd.taesd.TAESD``: 4 latent channels,
+  8x down/upscale, 2.4M params). ``comfy/sd.py`` detects it by ``taesd_decoder.1.weight`` on
+  both hosts. The standard SD VAE (AutoencoderKL) cannot be slimmed on v0.3.64, which
+  hard-codes ch=128, and it costs ~30 s per 512x512 decode on 2 CPU cores (2 min for a
+  2048x512 panorama); TAESD decodes the same in well under a second.
 * ``cond_stage_model.transformer.text_model.*``  the complete CLIP-L text encoder
   (``sd1_clip.SDClipModel``, fixed config; random weights).
 
@@ -34,6 +38,8 @@ from pathlib import Path
 
 CHECKPOINT_NAME = "vista_test_sd15.safetensors"
 SEED = 20240917
+# Bump when the recipe changes: an existing file with another build tag is rebuilt.
+BUILD = "4-slim-unet-320x2-taesd-grey"
 
 # Slim SD1.5-compatible UNet. Detection keys on model_channels=320, context_dim=768,
 # use_linear_in_transformer=False, adm_in_channels=None (supported_models.SD15.unet_config).
@@ -43,7 +49,7 @@ UNET_CONFIG = {
     "out_channels": 4,
     "model_channels": 320,
     "num_res_blocks": [1, 1],
-    "channel_mult": [1, 2],
+    "channel_mult": [1, 1],
     "transformer_depth": [1, 1],
     "transformer_depth_output": [1, 1, 1, 1],
     "transformer_depth_middle": 1,
@@ -57,11 +63,6 @@ UNET_CONFIG = {
     "use_checkpoint": False,
 }
 
-# The SD1.x/2.x VAE config that comfy/sd.py hard-codes (v0.3.64 and v0.33.0).
-VAE_DDCONFIG = {
-    "double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3,
-    "ch": 128, "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0,
-}
 
 
 def _import_host(host: Path):
@@ -73,27 +74,27 @@ def _import_host(host: Path):
 
     comfy.options.enable_args_parsing()
     saved_argv = sys.argv
-    sys.argv = [saved_argv[0], "--cpu"]
+    sys.argv = [saved_argv[0], "--cpu", "--use-pytorch-cross-attention"]
     try:
         import comfy.cli_args  # noqa: F401  (parses --cpu once, before model_management)
         import comfy.model_management  # noqa: F401
     finally:
         sys.argv = saved_argv
-    import comfy.ldm.models.autoencoder
     import comfy.ldm.modules.diffusionmodules.openaimodel
     import comfy.ops
     import comfy.sd1_clip
+    import comfy.taesd.taesd
 
     return comfy
 
 
-def _init_(name: str, tensor, generator) -> None:
-    """Deterministic small-magnitude init: norms 1, biases 0, embeddings N(0, 0.02), weights N(0, 0.5/sqrt(fan_in))."""
+def _init_(name: str, tensor, generator, gain: float = 0.5) -> None:
+    """Deterministic small-magnitude init: norms 1, biases 0, embeddings N(0, 0.02), weights N(0, gain/sqrt(fan_in))."""
     import torch
 
     leaf = name.rsplit(".", 1)[-1]
-    if not tensor.is_floating_point():
-        return
+    if not tensor.is_floating_point() or tensor.ndim == 0:
+        return  # integer buffers and scalars (TAESD vae_scale=1 / vae_shift=0) keep the constructor's value
     if leaf == "bias":
         tensor.zero_()
     elif tensor.ndim == 1:
@@ -102,10 +103,10 @@ def _init_(name: str, tensor, generator) -> None:
         tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.02)
     else:
         fan_in = math.prod(tensor.shape[1:])
-        tensor.copy_(torch.randn(tensor.shape, generator=generator) * (0.5 / math.sqrt(fan_in)))
+        tensor.copy_(torch.randn(tensor.shape, generator=generator) * (gain / math.sqrt(fan_in)))
 
 
-def _randomised_state_dict(module, prefix: str, generator, keep=lambda k: True) -> dict:
+def _randomised_state_dict(module, prefix: str, generator, keep=lambda k: True, gain: float = 0.5) -> dict:
     import torch
 
     out = {}
@@ -114,7 +115,7 @@ def _randomised_state_dict(module, prefix: str, generator, keep=lambda k: True) 
             if not keep(name):
                 continue
             t = tensor.detach().clone().float()
-            _init_(name, t, generator)
+            _init_(name, t, generator, gain)
             out[prefix + name] = t.to(torch.float16).contiguous()
     return out
 
@@ -128,8 +129,14 @@ def build_state_dict(comfy) -> dict:
     unet = comfy.ldm.modules.diffusionmodules.openaimodel.UNetModel(**UNET_CONFIG, device="cpu", operations=ops)
     sd = _randomised_state_dict(unet, "model.diffusion_model.", generator)
     del unet
-    vae = comfy.ldm.models.autoencoder.AutoencoderKL(ddconfig=dict(VAE_DDCONFIG), embed_dim=4)
-    sd.update(_randomised_state_dict(vae, "first_stage_model.", generator))
+    vae = comfy.taesd.taesd.TAESD(latent_channels=4)
+    vae_sd = _randomised_state_dict(vae, "first_stage_model.", generator, gain=1.0)
+    # Centre the decoded image on mid-grey (the decoder's last conv), so images show visible
+    # noise (std ~0.16) instead of near-black: a NaN or blank output is then easy to spot.
+    last = max((k for k in vae_sd if k.startswith("first_stage_model.taesd_decoder.") and k.endswith(".bias")),
+               key=lambda k: int(k.split(".")[2]))
+    vae_sd[last].fill_(0.5)
+    sd.update(vae_sd)
     del vae
     clip = comfy.sd1_clip.SDClipModel(device="cpu", dtype=torch.float32)
     sd.update(_randomised_state_dict(clip, "cond_stage_model.", generator,
@@ -141,11 +148,22 @@ def _count(sd: dict, prefix: str) -> int:
     return sum(t.numel() for k, t in sd.items() if k.startswith(prefix))
 
 
+def _build_tag(path: Path) -> str | None:
+    """The ``vista_build`` metadata of an existing checkpoint (None if unreadable)."""
+    import safetensors
+
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("vista_build")
+    except (OSError, ValueError, safetensors.SafetensorError):
+        return None
+
+
 def make_checkpoint(out_dir: Path, host: Path, force: bool = False) -> Path:
     """Write ``out_dir/vista_test_sd15.safetensors`` unless it exists; return its path."""
     target = out_dir / CHECKPOINT_NAME
-    if target.is_file() and not force:
-        print(f"make_test_checkpoint: {target} exists, not rebuilding")
+    if target.is_file() and not force and _build_tag(target) == BUILD:
+        print(f"make_test_checkpoint: {target} exists (build {BUILD}), not rebuilding")
         return target
     comfy = _import_host(host)
     import safetensors.torch
@@ -155,7 +173,7 @@ def make_checkpoint(out_dir: Path, host: Path, force: bool = False) -> Path:
     built = time.perf_counter() - start
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(f".tmp{os.getpid()}")
-    safetensors.torch.save_file(sd, str(tmp), metadata={"vista": "random-weight SD1.5 test checkpoint", "seed": str(SEED)})
+    safetensors.torch.save_file(sd, str(tmp), metadata={"vista": "random-weight SD1.5 test checkpoint", "vista_build": BUILD, "seed": str(SEED)})
     os.replace(tmp, target)
     print(f"make_test_checkpoint: unet {_count(sd, 'model.diffusion_model.') / 1e6:.1f}M, "
           f"vae {_count(sd, 'first_stage_model.') / 1e6:.1f}M, clip {_count(sd, 'cond_stage_model.') / 1e6:.1f}M params; "
@@ -191,7 +209,7 @@ def check_checkpoint(path: Path, host: Path) -> None:
         print(f"{steps} euler step(s) at 512x512 px (cfg, batch 2): {time.perf_counter() - start:.2f}s, finite={bool(torch.isfinite(out).all())}")
     start = time.perf_counter()
     image = vae.decode(out)
-    print(f"vae decode 512x512: {time.perf_counter() - start:.2f}s, shape {tuple(image.shape)}, finite={bool(torch.isfinite(image).all())}")
+    print(f"vae ({type(vae.first_stage_model).__name__}) decode 512x512: {time.perf_counter() - start:.2f}s, shape {tuple(image.shape)}, finite={bool(torch.isfinite(image).all())}")
 
 
 def main(argv=None) -> int:

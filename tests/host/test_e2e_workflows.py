@@ -1,0 +1,175 @@
+"""e2e tier: every shipped workflow runs on a real ComfyUI server (COMFYUI_PATH), no mocks.
+
+Each ``workflows/*.json`` (UI format) is converted to an API prompt through ``/object_info``,
+queued, and polled in ``/history``; every image output must have the EmptyLatentImage size
+(and the batch count where it comes straight from a VAEDecode) and must not be flat.
+Test-only overrides, for speed on 2 CPU cores: the ``steps`` of samplers/schedulers
+(``VISTA_E2E_STEPS``, default 1: a 2048x512 panorama is ~13 windows per model call) and the
+checkpoint (the random-weight test checkpoint). A LoadImage picture that the input folder
+lacks is generated (a deterministic gradient). Every other widget value is the workflow's own.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import comfy_server
+from comfy_server import PromptRejected, nodes_of, ui_to_api
+
+pytestmark = [pytest.mark.host, pytest.mark.e2e]
+
+WORKFLOWS = sorted((comfy_server.REPO_ROOT / "workflows").glob("*.json"))
+STEPS = int(os.environ.get("VISTA_E2E_STEPS", "1"))
+RUN_TIMEOUT = float(os.environ.get("VISTA_E2E_TIMEOUT", "900"))
+SAMPLERS = ("KSampler", "KSamplerAdvanced")
+IMAGE_OUTPUTS = ("SaveImage", "PreviewImage")
+ANIMATED_OUTPUTS = ("SaveAnimatedWEBP", "SaveAnimatedPNG")
+
+
+def fast(prompt: dict, steps: int = STEPS) -> dict:
+    """The prompt with fewer sampling steps (speed only; documented override).
+
+    Touches the ``steps`` of KSampler(Advanced) and of sigma schedulers (BasicScheduler, …).
+    """
+    prompt = copy.deepcopy(prompt)
+    for node in prompt.values():
+        kind, value = node["class_type"], node["inputs"].get("steps")
+        if (kind in SAMPLERS or kind.endswith("Scheduler")) and isinstance(value, int):
+            node["inputs"]["steps"] = min(value, steps)
+    return prompt
+
+
+def provide_inputs(prompt: dict, input_dir: Path) -> None:
+    """Write a deterministic test picture for every LoadImage file the input folder lacks."""
+    for node in nodes_of(prompt, "LoadImage").values():
+        target = input_dir / node["inputs"]["image"]
+        if not target.exists():
+            y, x = np.mgrid[0:480, 0:640]
+            rgb = np.stack([x * 255 // 639, y * 255 // 479, (x + y) % 256], axis=-1).astype(np.uint8)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rgb).save(target)
+
+
+def run(server, prompt: dict) -> dict:
+    """Queue ``prompt`` and return its finished history entry."""
+    return server.wait_history(server.queue_prompt(prompt), timeout=RUN_TIMEOUT)
+
+
+def errors(entry: dict) -> list:
+    return [m for m in entry.get("status", {}).get("messages", []) if m[0] == "execution_error"]
+
+
+def latent_size(prompt: dict) -> tuple[int, int, int]:
+    """(width, height, batch) of the (single) EmptyLatentImage."""
+    (latent,) = nodes_of(prompt, "EmptyLatentImage").values()
+    i = latent["inputs"]
+    return i["width"], i["height"], i.get("batch_size", 1)
+
+
+def check_image(path: Path, size: tuple[int, int], animated: bool = False) -> None:
+    """The saved image has ``size`` and is not blank (a NaN latent decodes to a flat image)."""
+    with Image.open(path) as img:
+        assert img.size == size, f"{path.name}: {img.size} != {size}"
+        if animated:
+            assert getattr(img, "n_frames", 1) > 1, f"{path.name}: expected an animation, got one frame"
+        pixels = np.asarray(img.convert("RGB"), dtype=np.float32)
+    assert pixels.std() > 1.0, f"{path.name} is flat (std {pixels.std():.3f}): NaN or blank output?"
+
+
+@pytest.fixture(scope="module")
+def panorama(comfyui_server) -> dict:
+    """The MultiDiffusion panorama workflow as an API prompt (base for the bad-input tests)."""
+    ui = json.loads((comfy_server.REPO_ROOT / "workflows" / "panorama_multidiffusion.json").read_text())
+    return ui_to_api(ui, comfyui_server.object_info())
+
+
+def small(prompt: dict, width: int, height: int, **vista) -> dict:
+    """A cheap variant: a small canvas and the given VistaTiledDiffusion inputs."""
+    prompt = fast(prompt, steps=1)
+    for node in nodes_of(prompt, "EmptyLatentImage").values():
+        node["inputs"].update(width=width, height=height)
+    for node in nodes_of(prompt, "VistaTiledDiffusion").values():
+        node["inputs"].update(vista)
+    return prompt
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_runs(comfyui_server, path: Path):
+    ui = json.loads(path.read_text())
+    prompt = fast(ui_to_api(ui, comfyui_server.object_info()))
+    provide_inputs(prompt, comfyui_server.workdir / "input")
+    entry = run(comfyui_server, prompt)
+    assert entry["status"]["status_str"] == "success", f"{errors(entry)}\n{comfyui_server.log_tail()}"
+    width, height, batch = latent_size(prompt)
+    outputs = {k: v for k, v in prompt.items() if v["class_type"] in IMAGE_OUTPUTS + ANIMATED_OUTPUTS}
+    assert outputs, f"{path.name} has no image output node"
+    for node_id, node in outputs.items():
+        images = entry["outputs"][node_id]["images"]
+        source = node["inputs"]["images"]
+        if node["class_type"] in IMAGE_OUTPUTS and prompt[source[0]]["class_type"] == "VAEDecode":
+            assert len(images) == batch, f"{node['class_type']} {node_id}: {len(images)} images, batch {batch}"
+        assert images, f"{node['class_type']} {node_id} saved nothing"
+        for image in images:
+            check_image(comfyui_server.output_file(image), (width, height),
+                        animated=node["class_type"] in ANIMATED_OUTPUTS)
+
+
+def test_bad_prompts_do_not_break_the_server(comfyui_server, panorama):
+    # Rejected at /prompt (HTTP 400): window_batch_size=0 is below the schema minimum 1.
+    with pytest.raises(PromptRejected) as rejected:
+        comfyui_server.queue_prompt(small(panorama, 256, 256, window_width=128, window_height=128,
+                                 stride_x=64, stride_y=64, window_batch_size=0))
+    assert rejected.value.status == 400
+    assert "window_batch_size" in json.dumps(rejected.value.body)
+    # Rejected at /prompt by validate_inputs: a stride larger than the window.
+    with pytest.raises(PromptRejected) as rejected:
+        comfyui_server.queue_prompt(small(panorama, 256, 256, window_width=128, window_height=128, stride_x=256, stride_y=64))
+    assert rejected.value.status == 400
+    assert "stride_x" in json.dumps(rejected.value.body)
+    # Accepted at /prompt (the schema's step=8 is only a UI hint), fails at execution:
+    # 132 px is not a multiple of the latent factor 8. (A window wider than the canvas is
+    # clamped with a warning by design, so it is no longer an error.)
+    entry = run(comfyui_server, small(panorama, 256, 256, window_width=132, window_height=128, stride_x=64, stride_y=64))
+    assert entry["status"]["status_str"] == "error"
+    (message,) = errors(entry)
+    assert message[1]["node_type"] in ("KSampler", "VistaTiledDiffusion")
+    assert "window_width" in message[1]["exception_message"], message[1]["exception_message"]
+    # The server keeps serving: a good prompt succeeds right after.
+    good = small(panorama, 256, 256, window_width=128, window_height=128, stride_x=64, stride_y=64)
+    entry = run(comfyui_server, good)
+    assert entry["status"]["status_str"] == "success", f"{errors(entry)}\n{comfyui_server.log_tail()}"
+    (save_id,) = nodes_of(good, "SaveImage")
+    (image,) = entry["outputs"][save_id]["images"]
+    check_image(comfyui_server.output_file(image), (256, 256))
+
+
+def test_ui_to_api_frontend_rules(comfyui_server):
+    """Reroute/PrimitiveNode/Note handling and the 'control after generate' value, on the live /object_info."""
+    def n(id, type, inputs=(), widgets=(), mode=0):
+        return {"id": id, "type": type, "mode": mode, "widgets_values": list(widgets),
+                "inputs": [{"name": name, "type": t, "link": link} for name, t, link in inputs]}
+
+    ui = {"nodes": [
+        n(1, "CheckpointLoaderSimple", widgets=["v1-5-pruned-emaonly.safetensors"]),
+        n(2, "Reroute", inputs=[("", "*", 1)]),
+        n(3, "KSampler", inputs=[("model", "MODEL", 2), ("seed", "INT", 3)],
+          widgets=[42, "randomize", 4, 7.5, "euler", "normal", 0.5]),
+        n(4, "PrimitiveNode", widgets=[42, "randomize"]),
+        n(5, "PrimitiveInt", widgets=[7, "fixed"]),  # V3 node: control_after_generate True (0.3.64) or "fixed" (0.33)
+        n(6, "Note", widgets=["a note"]),
+        n(7, "EmptyLatentImage", widgets=[512, 256, 1], mode=2),  # muted
+        n(8, "LoadImage", widgets=["photo.png", "image"]),  # "image": the upload button's saved value
+    ], "links": [[1, 1, 0, 2, 0, "MODEL"], [2, 2, 0, 3, 0, "MODEL"], [3, 4, 0, 3, 4, "INT"]]}
+    api = ui_to_api(ui, comfyui_server.object_info())
+    assert sorted(api) == ["1", "3", "5", "8"]
+    assert api["8"]["inputs"] == {"image": "photo.png"}
+    assert api["1"]["inputs"] == {"ckpt_name": comfy_server.CHECKPOINT}
+    assert api["3"]["inputs"] == {"model": ["1", 0], "seed": 42, "steps": 4, "cfg": 7.5, "sampler_name": "euler",
+                                  "scheduler": "normal", "denoise": 0.5}
+    assert api["5"]["inputs"] == {"value": 7}
