@@ -42,11 +42,7 @@ def _load(name: str, path: Path, package: bool = False):
 
 def _host_and_checkpoint(host: Path):
     tool = _load("vista_make_test_checkpoint", ROOT / "tools" / "make_test_checkpoint.py")
-    saved, sys.argv = sys.argv, [sys.argv[0], "--cpu", "--use-pytorch-cross-attention"]
-    try:
-        comfy = tool._import_host(host)
-    finally:
-        sys.argv = saved
+    comfy = tool._import_host(host)
     import comfy.patcher_extension
     import comfy.sample
     import comfy.sd

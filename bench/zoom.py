@@ -16,7 +16,6 @@ compare ratios from the same run only.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import statistics
 import sys
@@ -25,42 +24,21 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tiled import ROOT, _host_and_checkpoint, _load  # noqa: E402  (shared bench helpers)
+
 PROMPTS = ["a spiral galaxy", "a solar system", "a blue planet", "a coastal city at night", "a street",
            "a cafe table", "a coffee cup", "coffee foam bubbles"]
 
 
-def _load(name: str, path: Path, package: bool = False):
-    kwargs = {"submodule_search_locations": [str(ROOT)]} if package else {}
-    spec = importlib.util.spec_from_file_location(name, path, **kwargs)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def load_host(host: Path):
     """(comfy, model, clip, nodes) with the pack imported as ``vista`` (repo root never on sys.path)."""
-    tool = _load("vista_make_test_checkpoint", ROOT / "tools" / "make_test_checkpoint.py")
-    sys.path.insert(0, str(host))
-    import comfy.options
-
-    comfy.options.enable_args_parsing()
-    saved, sys.argv = sys.argv, [sys.argv[0], "--use-pytorch-cross-attention"] + ([] if torch.cuda.is_available() else ["--cpu"])
-    try:
-        import comfy.cli_args  # noqa: F401  (parsed once, before model_management)
-        import comfy.model_management  # noqa: F401
-    finally:
-        sys.argv = saved
-    import comfy.sd  # noqa: F401
+    comfy, model, clip = _host_and_checkpoint(host)
     import comfy.samplers  # noqa: F401
 
-    _load("vista", ROOT / "__init__.py", package=True)
+    _load("vista", ROOT, package=True)
     from vista.nodes import zoom as nodes
 
-    cache = Path(os.environ.get("VISTA_TEST_CACHE", Path.home() / ".cache" / "vista-tests"))
-    path = tool.make_checkpoint(cache, host)
-    model, clip, _, _ = comfy.sd.load_checkpoint_guess_config(str(path), output_vae=False, output_clip=True)
     return comfy, model, clip, nodes
 
 

@@ -66,15 +66,18 @@ UNET_CONFIG = {
 
 
 def _import_host(host: Path):
-    """Import ``comfy`` from the host checkout, CPU only (as ``main.py --cpu`` would)."""
+    """Import ``comfy`` from the host checkout as ``main.py --use-pytorch-cross-attention`` would,
+    with ``--cpu`` unless CUDA is available (benchmarks on a lent GPU use it)."""
     if not (host / "comfy" / "sd.py").is_file():
         raise SystemExit(f"make_test_checkpoint: --host {host} is not a ComfyUI checkout (no comfy/sd.py)")
     sys.path.insert(0, str(host))
     import comfy.options
 
+    import torch
+
     comfy.options.enable_args_parsing()
     saved_argv = sys.argv
-    sys.argv = [saved_argv[0], "--cpu", "--use-pytorch-cross-attention"]
+    sys.argv = [saved_argv[0], "--use-pytorch-cross-attention"] + ([] if torch.cuda.is_available() else ["--cpu"])
     try:
         import comfy.cli_args  # noqa: F401  (parses --cpu once, before model_management)
         import comfy.model_management  # noqa: F401

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -44,11 +43,7 @@ def _tool():
 
 @functools.lru_cache(maxsize=None)
 def _import_host(path: str):
-    sys.argv, saved = [sys.argv[0], "--cpu", "--use-pytorch-cross-attention"], sys.argv
-    try:
-        comfy = _tool()._import_host(Path(path))
-    finally:
-        sys.argv = saved
+    comfy = _tool()._import_host(Path(path))
     import comfy.sample  # noqa: F401
     import comfy.samplers  # noqa: F401
     import comfy.sd  # noqa: F401
