@@ -1,5 +1,4 @@
 """core/latent_fusion.py: per-window steps fused on the canvas; DDIM = prediction fusion; VCF keeps the variance."""
-import math
 
 import pytest
 import torch

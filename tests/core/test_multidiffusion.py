@@ -4,7 +4,7 @@ import torch
 
 from vista.core.checks import VistaInputError
 from vista.core.multidiffusion import chunks, multidiffusion_predict
-from vista.core.windows import Window, crop_windows, plan_windows, window_weights
+from vista.core.windows import Window, plan_windows, window_weights
 
 from denoisers import TinyConvDenoiser, box_smoother, euler
 
