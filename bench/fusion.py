@@ -1,6 +1,6 @@
 """Cost of Style Alignment and of Variance-Corrected Fusion on a whole latent-fusion sampling run.
 
-Run: ``COMFYUI_PATH=/path/to/ComfyUI python bench/fusion.py [--repeats 3] [--steps 3] [--width 96]``
+Run: ``COMFYUI_PATH=/path/to/ComfyUI python bench/fusion.py [--repeats 3] [--steps 2] [--width 64]``
 
 The real host is imported in-process (CPU unless the host finds a GPU) with the random-weight
 SD1.5 test checkpoint (tools/make_test_checkpoint.py, via tests/support/host.py). Each ratio
@@ -64,9 +64,9 @@ def ratio(run, with_args, without_args, repeats: int) -> tuple[float, float, flo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--height", type=int, default=32, help="canvas height, latent px")
-    parser.add_argument("--width", type=int, default=96, help="canvas width, latent px")
+    parser.add_argument("--width", type=int, default=64, help="canvas width, latent px (64 = 3 windows)")
     args = parser.parse_args()
 
     sys.path.insert(0, str(ROOT / "tests" / "support"))

@@ -1,0 +1,124 @@
+"""Vista Latent Fusion Sampler: every window takes its own sampler step, then the window latents are fused."""
+from __future__ import annotations
+
+import comfy.samplers
+from comfy_api.latest import io
+
+from ..core.latent_fusion import sample_latent_fusion
+from ..core.windows import WEIGHT_MODES, window_weights
+from ._common import WindowSpec, check_pixels, check_strides, latent_factor, throw_if_interrupted, unet_alignment
+from .tiled_diffusion import with_mad_layout
+
+NODE = "Vista Latent Fusion Sampler"
+USE_TILED = "use Vista Tiled Diffusion (prediction fusion) with a stock sampler, which supports it"
+SPATIAL_CONDS = (("area", "area conditioning (ConditioningSetArea)"),
+                 ("mask", "mask conditioning (ConditioningSetMask)"),
+                 ("control", "a ControlNet / T2I-Adapter hint"))
+
+
+def reject_unsupported(model_wrap, denoise_mask) -> None:
+    """Canvas-sized masks, areas, hints and c_concat would reach every window uncropped: refuse them.
+
+    Reads only the guider's public state: ``denoise_mask`` (SamplerCustom* pass the latent's
+    ``noise_mask``) and ``model_wrap.conds`` (the processed cond dicts, ``{"positive": [...], ...}``).
+    """
+    if denoise_mask is not None:
+        raise ValueError(f"{NODE}: inpainting (a latent noise_mask / denoise mask) is not supported by latent fusion; "
+                         f"{USE_TILED}")
+    for name, conds in (getattr(model_wrap, "conds", None) or {}).items():
+        for cond in conds:
+            for key, what in SPATIAL_CONDS:
+                if cond.get(key) is not None:
+                    raise ValueError(f"{NODE}: the {name} conditioning holds {what}, which latent fusion cannot crop "
+                                     f"per window; {USE_TILED}")
+            if cond.get("model_conds", {}).get("c_concat") is not None:
+                raise ValueError(f"{NODE}: the model takes c_concat (an inpainting/instruct model), which latent "
+                                 f"fusion cannot crop per window; {USE_TILED}")
+
+
+class LatentFusionSampler(comfy.samplers.Sampler):
+    """A SAMPLER for SamplerCustom(Advanced): plans the windows from the guider's model, then runs
+    :func:`core.latent_fusion.sample_latent_fusion` through ComfyUI's own ``KSAMPLER`` plumbing
+    (noise scaling, callback/previews, inverse scaling)."""
+
+    def __init__(self, spec: dict, weight_mode: str, batch_size: int, eta: float, s_noise: float, variance_corrected: bool):
+        self.spec, self.weight_mode, self.batch_size = spec, weight_mode, batch_size
+        self.options = {"eta": eta, "s_noise": s_noise, "variance_corrected": variance_corrected}
+
+    def window_spec(self, model_patcher) -> WindowSpec:
+        """The window inputs, checked against the model's latent factor and UNet alignment."""
+        factor = latent_factor(model_patcher)
+        check_pixels(NODE, factor, **{k: v for k, v in self.spec.items() if k != "wrap_x"})
+        return WindowSpec(NODE, factor=factor, align=unet_alignment(model_patcher), **self.spec)
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None, disable_pbar=False):
+        reject_unsupported(model_wrap, denoise_mask)
+        spec = self.window_spec(model_wrap.model_patcher)
+        canvas_hw = tuple(noise.shape[-2:])
+        windows = spec.plan(*canvas_hw)
+        weights = window_weights(windows, self.weight_mode, dtype=noise.dtype, device=noise.device)
+        model_options, batch_size = with_mad_layout(extra_args["model_options"], windows, canvas_hw, spec.wrap_x,
+                                                    sigmas[0], self.batch_size)
+        extra_args = {**extra_args, "model_options": model_options}
+        options = {"windows": windows, "weights": weights, "batch_size": batch_size,
+                   "before_batch": throw_if_interrupted, **self.options}
+        inner = comfy.samplers.KSAMPLER(sample_latent_fusion, extra_options=options)
+        return inner.sample(model_wrap, sigmas, extra_args, callback, noise, latent_image, denoise_mask, disable_pbar)
+
+
+class VistaLatentFusionSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="VistaLatentFusionSampler",
+            display_name=NODE,
+            category="Vista/fusion",
+            description=(
+                "Latent-fusion MultiDiffusion sampler for SamplerCustom / SamplerCustomAdvanced: every window of the "
+                "canvas takes its own step (its own CFG, its own noise) and the window latents are fused, weighted by "
+                "Guided Fusion (GVCF eq. 8). With eta > 0 (DDPM-like) averaging independent noises blurs; "
+                "Variance-Corrected Fusion (GVCF eq. 14) restores the noise variance. eta = 0 is DDIM/euler and "
+                "equals Vista Tiled Diffusion + euler. Cost: about (number of windows) model calls per step. "
+                "Not for inpainting masks, area/mask conditioning, ControlNet or c_concat models: use Vista Tiled "
+                "Diffusion for those."
+            ),
+            inputs=[
+                io.Int.Input("window_width", default=512, min=64, max=16384, step=8,
+                             tooltip="Window width in image pixels (512 = 64 latent px on SD1.5; use the model's native size)."),
+                io.Int.Input("window_height", default=512, min=64, max=16384, step=8,
+                             tooltip="Window height in image pixels (512 = 64 latent px on SD1.5)."),
+                io.Int.Input("stride_x", default=128, min=8, max=16384, step=8,
+                             tooltip="Horizontal step between windows in image pixels; at most window_width "
+                                     "(128 px = 16 latent px, as in SyncDiffusion/MAD)."),
+                io.Int.Input("stride_y", default=128, min=8, max=16384, step=8,
+                             tooltip="Vertical step between windows in image pixels; at most window_height."),
+                io.Combo.Input("weight_mode", options=list(WEIGHT_MODES), default="guided",
+                               tooltip="How overlapping windows are fused: guided = Guided Fusion (GVCF): 1 at the centre, "
+                                       "linear to the corners; uniform = MultiDiffusion; gaussian = Mixture-of-Diffusers bell."),
+                io.Boolean.Input("wrap_x", default=False,
+                                 tooltip="360° panorama: windows wrap around the left/right edge so the image tiles seamlessly."),
+                io.Int.Input("window_batch_size", default=4, min=1, max=256,
+                             tooltip="Windows denoised per model call (higher = faster on a GPU, more memory). "
+                                     "While a Vista MAD patch is on the model, all windows go in one call."),
+                io.Float.Input("eta", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Noise added per step: 0 = deterministic DDIM/euler, 1 = DDPM / euler ancestral."),
+                io.Float.Input("s_noise", default=1.0, min=0.0, max=2.0, step=0.01,
+                               tooltip="Scale of the per-window step noise (only with eta > 0)."),
+                io.Boolean.Input("variance_corrected", default=True,
+                                 tooltip="Variance-Corrected Fusion (GVCF eq. 14) for stochastic steps (eta > 0): keeps the "
+                                         "fused noise at full variance so overlaps do not blur. No effect at eta = 0."),
+            ],
+            outputs=[io.Sampler.Output(tooltip="A SAMPLER for SamplerCustom / SamplerCustomAdvanced.")],
+            is_experimental=True,
+        )
+
+    @classmethod
+    def validate_inputs(cls, window_width: int, window_height: int, stride_x: int, stride_y: int) -> bool | str:
+        return check_strides(NODE, window_width, window_height, stride_x, stride_y)
+
+    @classmethod
+    def execute(cls, window_width: int, window_height: int, stride_x: int, stride_y: int, weight_mode: str,
+                wrap_x: bool, window_batch_size: int, eta: float, s_noise: float, variance_corrected: bool) -> io.NodeOutput:
+        spec = {"window_width": window_width, "window_height": window_height, "stride_x": stride_x,
+                "stride_y": stride_y, "wrap_x": wrap_x}
+        return io.NodeOutput(LatentFusionSampler(spec, weight_mode, window_batch_size, eta, s_noise, variance_corrected))

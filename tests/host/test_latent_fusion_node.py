@@ -1,0 +1,174 @@
+"""Node tier: Vista Latent Fusion Sampler inside the real host (COMFYUI_PATH), no server.
+
+Sampling goes the way SamplerCustomAdvanced goes: ``CFGGuider`` + the node's SAMPLER +
+``calculate_sigmas(..., "normal", steps)`` + RandomNoise's ``prepare_noise``.
+"""
+import pytest
+import torch
+
+from host import encode, import_host, load_checkpoint
+
+CFG, SEED = 5.0, 7
+
+
+@pytest.fixture(scope="module")
+def host():
+    comfy = import_host()
+    from vista.nodes.latent_fusion import VistaLatentFusionSampler
+    from vista.nodes.tiled_diffusion import VistaTiledDiffusion
+
+    model, clip, _ = load_checkpoint()
+    return comfy, VistaLatentFusionSampler, VistaTiledDiffusion, model, encode(clip, "a panorama of mountains"), encode(clip, "")
+
+
+def fusion_sampler(node, **kw):
+    args = dict(window_width=256, window_height=256, stride_x=128, stride_y=128, weight_mode="guided", wrap_x=False,
+                window_batch_size=4, eta=0.0, s_noise=1.0, variance_corrected=True)
+    args.update(kw)
+    return node.execute(**args).result[0]
+
+
+def sample_custom(comfy, model, sampler, positive, negative, height, width, steps=2, seed=SEED, denoise_mask=None,
+                  stop_after=None, noise_seed=None):
+    """SamplerCustomAdvanced's path: CFGGuider.sample with RandomNoise and BasicScheduler(normal) sigmas.
+
+    ``stop_after`` keeps only the first steps of the schedule (like SplitSigmas), so the run ends at a sigma > 0;
+    ``noise_seed`` (default ``seed``) seeds the initial noise, ``seed`` the sampler (its per-window step noise).
+    """
+    guider = comfy.samplers.CFGGuider(model)
+    guider.set_conds(positive, negative)
+    guider.set_cfg(CFG)
+    latent = torch.zeros(1, 4, height, width)
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "normal", steps).cpu()
+    sigmas = sigmas if stop_after is None else sigmas[: stop_after + 1]
+    noise = comfy.sample.prepare_noise(latent, seed if noise_seed is None else noise_seed)
+    return guider.sample(noise, latent, sampler, sigmas, denoise_mask=denoise_mask, disable_pbar=True, seed=seed)
+
+
+def laplacian_energy(latent, columns):
+    """Mean squared 5-point Laplacian of ``latent (B, C, H, W)`` over interior rows and the given columns."""
+    lap = (latent[..., 1:-1, 1:-1] * -4 + latent[..., :-2, 1:-1] + latent[..., 2:, 1:-1]
+           + latent[..., 1:-1, :-2] + latent[..., 1:-1, 2:])
+    return lap[..., [c - 1 for c in columns]].pow(2).mean().item()
+
+
+class TestLatentFusionSampler:
+    @pytest.mark.parametrize("weight_mode", ["uniform", "guided"])
+    def test_eta0_equals_tiled_diffusion_euler(self, host, weight_mode):
+        """eta 0 latent fusion = Vista Tiled Diffusion + stock euler, same seed and windows.
+
+        Tolerance: max abs diff <= 1e-5 x max |latent| (float32 rounding; the random-weight test
+        model's latents reach ~1e2, so this is ~1e-3 absolute, measured ~3e-4)."""
+        comfy, node, tiled, model, pos, neg = host
+        sampler = fusion_sampler(node, weight_mode=weight_mode)
+        fused = sample_custom(comfy, model, sampler, pos, neg, 32, 48)
+        patched = tiled.execute(model, window_width=256, window_height=256, stride_x=128, stride_y=128,
+                                weight_mode=weight_mode, wrap_x=False, window_batch_size=4).result[0]
+        euler = sample_custom(comfy, patched, comfy.samplers.sampler_object("euler"), pos, neg, 32, 48)
+        print(f"\n[{weight_mode}] latent fusion (eta 0) vs tiled+euler: max abs diff {(fused - euler).abs().max().item():.2e}")
+        assert fused.shape == (1, 4, 32, 48)
+        assert (fused - euler).abs().max().item() <= 1e-5 * euler.abs().max().item()
+
+    @pytest.mark.parametrize("variance_corrected", [True, False])
+    def test_eta1_runs(self, host, variance_corrected):
+        comfy, node, _, model, pos, neg = host
+        sampler = fusion_sampler(node, eta=1.0, variance_corrected=variance_corrected, wrap_x=True, window_batch_size=2)
+        out = sample_custom(comfy, model, sampler, pos, neg, 32, 48)
+        assert out.shape == (1, 4, 32, 48) and torch.isfinite(out).all()
+
+    def test_same_seed_same_output(self, host):
+        comfy, node, _, model, pos, neg = host
+        sampler = fusion_sampler(node, eta=1.0)
+        a, b = (sample_custom(comfy, model, sampler, pos, neg, 32, 48) for _ in range(2))
+        assert torch.equal(a, b)
+
+    def test_vcf_keeps_high_frequencies_in_overlaps(self, host):
+        """Issue verification 2: high-frequency energy (mean squared Laplacian) of the final latent's stochastic
+        part, overlap ÷ non-overlap columns, without and with VCF (eta 1, uniform weights).
+
+        Setup: two windows of 32 latent px at stride 16 on a 32x48 canvas (overlap = columns 16..31); the run is
+        the first step of a 4-step normal schedule (as after SplitSigmas), so it ends on a stochastic fused step
+        at sigma > 0. The random-weight test model's own prediction has large, window-dependent high frequencies
+        that would swamp the statistic, so each run is compared with a run from the SAME initial noise and a
+        different step-noise seed: the difference is exactly the fused step noise (the prediction cancels).
+        Step seeds 1..3 against 0. Plain averaging of two windows halves that noise's energy in the overlap
+        (ratio ~0.5); VCF keeps it (~1). The raw final-latent ratios are printed too.
+        """
+        comfy, node, _, model, pos, neg = host
+        overlap, alone = list(range(18, 30)), list(range(1, 14)) + list(range(34, 47))
+        ratio = lambda t: laplacian_energy(t, overlap) / laplacian_energy(t, alone)
+        ratios = {}
+        for vcf in (False, True):
+            sampler = fusion_sampler(node, weight_mode="uniform", eta=1.0, variance_corrected=vcf)
+            runs = [sample_custom(comfy, model, sampler, pos, neg, 32, 48, steps=4, seed=s, noise_seed=SEED, stop_after=1)
+                    for s in (0, 1, 2, 3)]
+            per_seed = [ratio(run - runs[0]) for run in runs[1:]]
+            ratios[vcf] = sum(per_seed) / len(per_seed)
+            print(f"\nvariance_corrected={vcf}: HF energy overlap/non-overlap of the step noise, seeds 1..3: "
+                  f"{[round(r, 3) for r in per_seed]}, mean {ratios[vcf]:.3f}; raw final latents: "
+                  f"{[round(ratio(run), 3) for run in runs]}")
+        assert abs(ratios[True] - 1) < abs(ratios[False] - 1)
+        assert abs(ratios[True] - 1) < 0.2 and abs(ratios[False] - 0.5) < 0.2
+
+    def test_with_mad_attention(self, host):
+        """A Vista MAD patch on the model gets the window layout: all windows in one call, merged attention changes the result."""
+        comfy, node, _, model, pos, neg = host
+        from vista.nodes.mad import VistaMADAttention
+
+        mad = VistaMADAttention.execute(model, tau=1.0, input_blocks=True, middle_block=True, output_blocks=True).result[0]
+        sampler = fusion_sampler(node, window_batch_size=1)
+        plain, merged = (sample_custom(comfy, m, sampler, pos, neg, 32, 48, steps=1) for m in (model, mad))
+        assert torch.isfinite(merged).all() and (merged - plain).abs().max().item() > 1e-3
+
+    def test_window_larger_than_canvas_is_clamped_with_warning(self, host, caplog):
+        """A window wider than the canvas is clamped to it with a warning naming the input (shared WindowSpec rule);
+        one window covering the canvas at eta 0 is then the stock euler sampler (max abs diff <= 1e-5 x max |latent|)."""
+        comfy, node, _, model, pos, neg = host
+        plain = sample_custom(comfy, model, comfy.samplers.sampler_object("euler"), pos, neg, 32, 16, steps=1)
+        with caplog.at_level("WARNING"):
+            fused = sample_custom(comfy, model, fusion_sampler(node, window_width=512), pos, neg, 32, 16, steps=1)
+        assert "window_width=512 px is larger than the image/area width 128 px" in caplog.text
+        assert (fused - plain).abs().max().item() <= 1e-5 * plain.abs().max().item()
+
+    def test_size_not_multiple_of_factor(self, host):
+        comfy, node, _, model, pos, neg = host
+        with pytest.raises(ValueError, match="stride_x=100 px must be a positive multiple of 8"):
+            sample_custom(comfy, model, fusion_sampler(node, stride_x=100), pos, neg, 32, 32, steps=1)
+
+    def test_validate_inputs(self, host):
+        _, node, *_ = host
+        assert "stride_x=600 px must be in" in node.validate_inputs(512, 512, 600, 128)
+        assert node.validate_inputs(512, 512, 128, 128) is True
+
+
+class TestRejections:
+    """Conditioning that latent fusion cannot crop per window is refused, pointing to Vista Tiled Diffusion."""
+
+    def test_denoise_mask(self, host):
+        comfy, node, _, model, pos, neg = host
+        mask = torch.ones(1, 1, 32, 32)
+        with pytest.raises(ValueError, match="noise_mask.*Vista Tiled Diffusion"):
+            sample_custom(comfy, model, fusion_sampler(node), pos, neg, 32, 32, steps=1, denoise_mask=mask)
+
+    @pytest.mark.parametrize("values, match", [
+        ({"area": (16, 16, 0, 0), "strength": 1.0, "set_area_to_bounds": False}, "area conditioning"),
+        ({"mask": torch.ones(1, 32, 32), "set_area_to_bounds": False, "mask_strength": 1.0}, "mask conditioning"),
+        ({"noise_concat": torch.zeros(1, 4, 32, 32)}, "c_concat"),
+    ])
+    def test_spatial_conditioning(self, host, values, match):
+        comfy, node, _, model, pos, neg = host
+        import node_helpers
+
+        cond = node_helpers.conditioning_set_values(pos, values)
+        with pytest.raises(ValueError, match=f"{match}.*Vista Tiled Diffusion"):
+            sample_custom(comfy, model, fusion_sampler(node), cond, neg, 32, 32, steps=1)
+
+    def test_controlnet_cond(self, host):
+        """A processed cond dict with a ControlNet (key "control"), checked on a real guider's public ``conds``."""
+        comfy, *_ , model, pos, neg = host
+        from vista.nodes.latent_fusion import reject_unsupported
+
+        guider = comfy.samplers.CFGGuider(model)
+        guider.conds = {"positive": [{"control": object(), "model_conds": {}}], "negative": []}
+        with pytest.raises(ValueError, match="ControlNet.*Vista Tiled Diffusion"):
+            reject_unsupported(guider, None)
