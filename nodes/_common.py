@@ -5,9 +5,11 @@ import logging
 from dataclasses import dataclass
 
 import comfy.model_management
+from comfy_api.latest import io
 
+from ..core.attention_merge import MAD_LAYOUT_KEY, MAD_TAU_KEY, MadLayout, mad_active
 from ..core.checks import VistaInputError
-from ..core.windows import Window, plan_windows
+from ..core.windows import WEIGHT_MODES, Window, plan_windows
 
 
 HOST_DEFAULT_LATENT_FACTOR = 8  # what v0.3.64's own EmptyLatentImage assumes for every image model
@@ -78,6 +80,33 @@ def check_pixels(node: str, factor: int, **sizes: int) -> None:
 
 WINDOW_PX = (64, 16384)  # schema min/max of window sizes in image px
 STRIDE_MIN_PX = 8
+WEIGHT_TOOLTIPS = {
+    "uniform": "uniform = MultiDiffusion",
+    "gaussian": "gaussian = Mixture-of-Diffusers bell",
+    "guided": "guided = Guided Fusion (GVCF): 1 at the centre, linear to the corners",
+}
+
+
+def window_inputs(weight_default: str, batch_note: str = "") -> list:
+    """The window inputs shared by windowed nodes, in image pixels (order = widget order)."""
+    modes = sorted(WEIGHT_MODES, key=lambda m: m != weight_default)
+    return [
+        io.Int.Input("window_width", default=512, min=WINDOW_PX[0], max=WINDOW_PX[1], step=8,
+                     tooltip="Window width in image pixels (512 = 64 latent px on SD1.5; use the model's native size)."),
+        io.Int.Input("window_height", default=512, min=WINDOW_PX[0], max=WINDOW_PX[1], step=8,
+                     tooltip="Window height in image pixels (512 = 64 latent px on SD1.5)."),
+        io.Int.Input("stride_x", default=128, min=STRIDE_MIN_PX, max=WINDOW_PX[1], step=8,
+                     tooltip="Horizontal step between windows in image pixels; at most window_width. Smaller = more "
+                             "overlap, smoother, slower (128 px = 16 latent px, as in SyncDiffusion/MAD)."),
+        io.Int.Input("stride_y", default=128, min=STRIDE_MIN_PX, max=WINDOW_PX[1], step=8,
+                     tooltip="Vertical step between windows in image pixels; at most window_height."),
+        io.Combo.Input("weight_mode", options=list(WEIGHT_MODES), default=weight_default,
+                       tooltip="How overlapping windows are averaged: " + "; ".join(WEIGHT_TOOLTIPS[m] for m in modes) + "."),
+        io.Boolean.Input("wrap_x", default=False,
+                         tooltip="360° panorama: windows wrap around the left/right edge so the image tiles seamlessly."),
+        io.Int.Input("window_batch_size", default=4, min=1, max=256,
+                     tooltip="Windows denoised per model call (higher = faster on a GPU, more memory)." + batch_note),
+    ]
 
 
 def check_strides(node: str, window_width: int, window_height: int, stride_x: int, stride_y: int) -> bool | str:
@@ -94,3 +123,18 @@ def check_strides(node: str, window_width: int, window_height: int, stride_x: in
             return (f"{node}: {sname}={stride} px must be in [{STRIDE_MIN_PX}, {wname}={window}] px "
                     f"(a stride larger than the window leaves gaps)")
     return True
+
+
+def with_mad_layout(c: dict, windows, canvas_hw, wrap_x: bool, sigma, batch_size: int) -> tuple[dict, int]:
+    """While a Vista MAD patch is active, hand it the window layout and denoise all windows in one call.
+
+    ``c`` is any dict holding ``transformer_options``: a model call's kwargs (Tiled Diffusion) or
+    the sampler's ``model_options`` (Latent Fusion Sampler). Returns a copy when it changes it.
+    """
+    options = c.get("transformer_options", {})
+    tau, schedule = options.get(MAD_TAU_KEY), options.get("sample_sigmas")
+    if tau is None or schedule is None or not mad_active(sigma, schedule, tau):
+        return c, batch_size
+    options = {**options, MAD_LAYOUT_KEY: MadLayout(tuple(windows), canvas_hw, wrap_x)}
+    return {**c, "transformer_options": options}, len(windows)
+

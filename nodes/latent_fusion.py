@@ -5,9 +5,9 @@ import comfy.samplers
 from comfy_api.latest import io
 
 from ..core.latent_fusion import sample_latent_fusion
-from ..core.windows import WEIGHT_MODES, window_weights
-from ._common import WindowSpec, check_pixels, check_strides, latent_factor, throw_if_interrupted, unet_alignment
-from .tiled_diffusion import with_mad_layout
+from ..core.windows import window_weights
+from ._common import (WindowSpec, check_pixels, check_strides, latent_factor, throw_if_interrupted, unet_alignment,
+                      window_inputs, with_mad_layout)
 
 NODE = "Vista Latent Fusion Sampler"
 USE_TILED = "use Vista Tiled Diffusion (prediction fusion) with a stock sampler, which supports it"
@@ -83,23 +83,7 @@ class VistaLatentFusionSampler(io.ComfyNode):
                 "Diffusion for those."
             ),
             inputs=[
-                io.Int.Input("window_width", default=512, min=64, max=16384, step=8,
-                             tooltip="Window width in image pixels (512 = 64 latent px on SD1.5; use the model's native size)."),
-                io.Int.Input("window_height", default=512, min=64, max=16384, step=8,
-                             tooltip="Window height in image pixels (512 = 64 latent px on SD1.5)."),
-                io.Int.Input("stride_x", default=128, min=8, max=16384, step=8,
-                             tooltip="Horizontal step between windows in image pixels; at most window_width "
-                                     "(128 px = 16 latent px, as in SyncDiffusion/MAD)."),
-                io.Int.Input("stride_y", default=128, min=8, max=16384, step=8,
-                             tooltip="Vertical step between windows in image pixels; at most window_height."),
-                io.Combo.Input("weight_mode", options=list(WEIGHT_MODES), default="guided",
-                               tooltip="How overlapping windows are fused: guided = Guided Fusion (GVCF): 1 at the centre, "
-                                       "linear to the corners; uniform = MultiDiffusion; gaussian = Mixture-of-Diffusers bell."),
-                io.Boolean.Input("wrap_x", default=False,
-                                 tooltip="360° panorama: windows wrap around the left/right edge so the image tiles seamlessly."),
-                io.Int.Input("window_batch_size", default=4, min=1, max=256,
-                             tooltip="Windows denoised per model call (higher = faster on a GPU, more memory). "
-                                     "While a Vista MAD patch is on the model, all windows go in one call."),
+                *window_inputs("guided", " While a Vista MAD patch is on the model, all windows go in one call."),
                 io.Float.Input("eta", default=0.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Noise added per step: 0 = deterministic DDIM/euler, 1 = DDPM / euler ancestral."),
                 io.Float.Input("s_noise", default=1.0, min=0.0, max=2.0, step=0.01,

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..core.attention_merge import MAD_LAYOUT_KEY, MAD_TAU_KEY, MadLayout, mad_active
-from ..core.multidiffusion import multidiffusion_predict
-from ..core.windows import WEIGHT_MODES, repeat_for_windows, window_weights
 from ..core.conditioning import window_call_kwargs
-from ._common import WindowSpec, check_pixels, check_strides, latent_factor, throw_if_interrupted, unet_alignment
+from ..core.multidiffusion import multidiffusion_predict
+from ..core.windows import repeat_for_windows, window_weights
+from ._common import (WindowSpec, check_pixels, check_strides, latent_factor, throw_if_interrupted, unet_alignment,
+                      window_inputs, with_mad_layout)
 
 NODE = "Vista Tiled Diffusion"
 
@@ -34,16 +34,6 @@ class TiledDiffusionPatch:
         return multidiffusion_predict(predict, x, windows, weights, batch_size, before_batch=throw_if_interrupted)
 
 
-def with_mad_layout(c: dict, windows, canvas_hw, wrap_x: bool, sigma, batch_size: int) -> tuple[dict, int]:
-    """While a Vista MAD patch is active, hand it the window layout and denoise all windows in one call."""
-    options = c.get("transformer_options", {})
-    tau, schedule = options.get(MAD_TAU_KEY), options.get("sample_sigmas")
-    if tau is None or schedule is None or not mad_active(sigma, schedule, tau):
-        return c, batch_size
-    options = {**options, MAD_LAYOUT_KEY: MadLayout(tuple(windows), canvas_hw, wrap_x)}
-    return {**c, "transformer_options": options}, len(windows)
-
-
 class VistaTiledDiffusion(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -60,22 +50,7 @@ class VistaTiledDiffusion(io.ComfyNode):
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The diffusion model to patch (SD1.x/2.x/SDXL/…)."),
-                io.Int.Input("window_width", default=512, min=64, max=16384, step=8,
-                             tooltip="Window width in image pixels (512 = 64 latent px on SD1.5; use the model's native size)."),
-                io.Int.Input("window_height", default=512, min=64, max=16384, step=8,
-                             tooltip="Window height in image pixels (512 = 64 latent px on SD1.5)."),
-                io.Int.Input("stride_x", default=128, min=8, max=16384, step=8,
-                             tooltip="Horizontal step between windows in image pixels; at most window_width. "
-                                     "Smaller = more overlap, smoother, slower (128 px = 16 latent px, as in SyncDiffusion/MAD)."),
-                io.Int.Input("stride_y", default=128, min=8, max=16384, step=8,
-                             tooltip="Vertical step between windows in image pixels; at most window_height."),
-                io.Combo.Input("weight_mode", options=list(WEIGHT_MODES), default="uniform",
-                               tooltip="How overlapping windows are averaged: uniform = MultiDiffusion; gaussian = "
-                                       "Mixture-of-Diffusers bell; guided = Guided Fusion (GVCF): 1 at the centre, linear to the corners."),
-                io.Boolean.Input("wrap_x", default=False,
-                                 tooltip="360° panorama: windows wrap around the left/right edge so the image tiles seamlessly."),
-                io.Int.Input("window_batch_size", default=4, min=1, max=256,
-                             tooltip="Windows denoised per model call (higher = faster on a GPU, more memory)."),
+                *window_inputs("uniform", " While a Vista MAD patch is active, all windows go in one call."),
             ],
             outputs=[io.Model.Output(tooltip="The model, patched to denoise in fused windows at every sampling step.")],
             is_experimental=True,
