@@ -125,8 +125,8 @@ def main() -> None:
         raise SystemExit("bench/tiled.py: set COMFYUI_PATH to a ComfyUI checkout")
     packs = ["vista", "peer"] if os.environ.get("TILED_DIFFUSION_PATH") else ["vista"]
     results = {p: [] for p in packs}
-    for _ in range(args.rounds):
-        for pack in packs:
+    for round_ in range(args.rounds):  # ABBA order: neither pack always runs first
+        for pack in packs if round_ % 2 == 0 else packs[::-1]:
             results[pack] += _run_worker(pack, args)["runs"]
     vista = results["vista"]
     overhead = statistics.median(r["wall"] / r["unet"] for r in vista)
@@ -134,6 +134,8 @@ def main() -> None:
           f"{args.steps} euler steps, batch {args.batch}; {len(vista)} timed runs per pack")
     print(f"(a) vista wall / UNet-only time: median {overhead:.3f} (target <= 1.05); "
           f"wall median {statistics.median(r['wall'] for r in vista):.2f}s, UNet calls per run {vista[0]['calls']}")
+    for pack, runs in results.items():
+        print(f"    {pack} wall per run: " + ", ".join(f"{r['wall']:.2f}s" for r in runs))
     if "peer" in results:
         peer = results["peer"]
         ratio = statistics.median(r["wall"] for r in vista) / statistics.median(r["wall"] for r in peer)
