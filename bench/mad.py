@@ -35,7 +35,9 @@ def peak_rss_mib() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--widths", type=int, nargs="+", default=[1024, 1536, 2048], help="canvas widths, px")
-    parser.add_argument("--height", type=int, default=512)
+    parser.add_argument("--height", type=int, default=512, help="canvas height, px")
+    parser.add_argument("--window", type=int, default=512, help="window size, px")
+    parser.add_argument("--stride", type=int, default=128, help="window stride, px")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--tau", type=float, default=0.3)
     parser.add_argument("--repeats", type=int, default=2)
@@ -49,7 +51,8 @@ def main() -> None:
     from vista.nodes.mad import VistaMADAttention
     from vista.nodes.tiled_diffusion import VistaTiledDiffusion
 
-    tiled = VistaTiledDiffusion.execute(model, window_width=512, window_height=512, stride_x=128, stride_y=128,
+    tiled = VistaTiledDiffusion.execute(model, window_width=args.window, window_height=args.window, stride_x=args.stride,
+                                        stride_y=args.stride,
                                         weight_mode="uniform", wrap_x=False, window_batch_size=8).result[0]
     mad = VistaMADAttention.execute(tiled, tau=args.tau, input_blocks=True, middle_block=True, output_blocks=True).result[0]
     cond = clip.encode_from_tokens_scheduled(clip.tokenize("a panorama of a mountain lake"))
@@ -61,7 +64,8 @@ def main() -> None:
         comfy.sample.sample(m, noise, args.steps, 5.0, "euler", "normal", cond, cond, latent, disable_pbar=True, seed=0)
         return time.perf_counter() - start
 
-    print(f"{args.steps} euler steps, tau {args.tau}, window 512 px, stride 128 px, {args.repeats} alternated runs each")
+    print(f"{args.steps} euler steps, tau {args.tau}, window {args.window} px, stride {args.stride} px, "
+          f"{args.repeats} alternated runs each")
     print("width_px  latent   md_s    mad_s   ratio  peak_rss_md_MiB  peak_rss_mad_MiB")
     stopped = None
     for width in args.widths:
