@@ -9,47 +9,60 @@ result is SPLIT back into windows. It is applied for the first τ fraction of th
 (§5: τ = 15 of 50 steps for Stable Diffusion).
 
 Token layout (ComfyUI's ``BasicTransformerBlock``): a window batch arrives as tokens
-``(B·N, h_s·w_s, C)``, row-major over the block's ``h_s x w_s`` grid, sample-major over
-windows (batch index ``b·N + n``). The block's scale ``s`` is the UNet's downsampling at
-that block; a window ``(y, x, h, w)`` in latent px sits on the canvas block grid
-``ceil(H/s) x ceil(W/s)`` at :func:`~core.windows.scale_window`'s position.
+``(K·N·B, h_s·w_s, C)``, row-major over the block's ``h_s x w_s`` grid. Inside each of
+the ``K`` chunks (ComfyUI may concatenate the negative and positive batches into one call)
+the batch is window-major, index ``n·B + b`` for window ``n`` of canvas sample ``b`` — the
+order of :func:`~core.windows.crop_windows` and of ComfyUI's own conditioning repeat. The
+block's scale ``s`` is the UNet's downsampling at that block; a window ``(y, x, h, w)`` in
+latent px sits on the canvas block grid ``ceil(H/s) x ceil(W/s)`` at
+:func:`~core.windows.scale_window`'s position.
 
-Rule for window batches: the merge needs **every window of the plan in one model call**
-(all ``N`` windows for each of the ``B`` samples). A call that holds only a chunk of the
-plan leaves canvas tokens without a window and raises; the node layer must therefore
-denoise all windows in one batch while :func:`mad_active` is true.
+Merge and split are gathers through a :class:`TokenIndex`, built once per (plan, block
+grid) on the CPU — where the coverage check runs — and moved to the device once; the
+:class:`MadLayout` that travels in ``transformer_options`` caches it for the whole run, so
+an attention call does no Python loop over windows, no host→device copy and no device sync.
+
+Rule for window batches: the merge needs **every window of the plan in one model call**.
+A call that holds only a chunk of the plan has the wrong batch and raises; the node layer
+denoises all windows in one batch while MAD is active (:func:`mad_active`).
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from fractions import Fraction
 
 import torch
 from einops import rearrange
 
 from .checks import check, check_range, check_shape
-from .windows import Window, scale_window
+from .windows import Window, grid_scale, scale_window
 
 __all__ = [
     "Attention",
     "MadLayout",
+    "TokenIndex",
     "block_scale",
     "canvas_block_hw",
     "window_token_index",
+    "token_index",
     "merge_tokens",
     "split_tokens",
     "merged_self_attention",
     "merged_cross_attention",
+    "mad_steps",
     "mad_step_index",
     "mad_active",
     "MAD_LAYOUT_KEY",
+    "MAD_TAU_KEY",
     "mad_attention_patch",
 ]
 
 MAD_LAYOUT_KEY = "vista_mad"
-MAD_TAU_KEY = "vista_mad_tau"  # transformer_options: τ of an active MAD patch (the window wrapper batches all windows then)
 """transformer_options key under which the node layer puts the call's :class:`MadLayout`."""
+MAD_TAU_KEY = "vista_mad_tau"
+"""transformer_options key holding τ of an active MAD patch (the window code then batches all windows)."""
 
 Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``attention(q (B, Tq, heads·d), k (B, Tk, heads·d), v (B, Tk, heads·d)) -> (B, Tq, heads·d)``,
@@ -57,13 +70,37 @@ e.g. ``functools.partial(optimized_attention, heads=n_heads)`` in ComfyUI."""
 
 
 @dataclass(frozen=True)
-class MadLayout:
-    """Where the windows of one model call lie on the canvas (the node puts it in transformer_options).
+class TokenIndex:
+    """MAD's merge/split at one block grid, as gathers (see :func:`token_index`).
 
     Attributes:
-        windows: the window plan (latent px); a model call must hold all of them, sample-major.
+        index: ``(N·T,)`` long, the canvas token (``y·W_s + x``) of token ``t`` of window ``n``
+            at position ``n·T + t`` (row-major window tokens).
+        count: ``(H_s·W_s, 1)`` float32, the number of windows covering each canvas token (>= 1).
+        n_windows: ``N``.
+        n_tokens: ``T = h_s·w_s`` tokens per window.
+        grid: the canvas block grid ``(H_s, W_s)``.
+    """
+
+    index: torch.Tensor
+    count: torch.Tensor
+    n_windows: int
+    n_tokens: int
+    grid: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class MadLayout:
+    """Where the windows of a model call lie on the canvas (the node puts it in transformer_options).
+
+    Attributes:
+        windows: the window plan (latent px); a model call must hold all of them.
         canvas_hw: canvas ``(H, W)`` in latent px.
         wrap_x: horizontal wrap (360° panorama): windows may run past the right edge.
+        batch: canvas samples ``B`` per chunk of the call (a chunk is ``N·B`` window-major crops).
+
+    The layout caches one :class:`TokenIndex` per (block grid, device) for the run; copies made
+    with :func:`dataclasses.replace` share that cache.
 
     >>> MadLayout((Window(0, 0, 8, 8), Window(0, 4, 8, 8)), (8, 12)).n_windows
     2
@@ -72,6 +109,8 @@ class MadLayout:
     windows: tuple[Window, ...]
     canvas_hw: tuple[int, int]
     wrap_x: bool = False
+    batch: int = 1
+    cache: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
         _check_plan(self.windows, self.canvas_hw)
@@ -81,11 +120,19 @@ class MadLayout:
             f"windows must end inside the canvas width {W} latent px unless wrap_x is set, "
             f"got a window ending at {max(win.x + win.w for win in self.windows)}",
         )
+        check(self.batch >= 1, f"batch must be >= 1 canvas sample, got {self.batch}")
 
     @property
     def n_windows(self) -> int:
-        """Windows per sample in one model call (``N``; the batch is ``B·N``)."""
+        """Windows per sample in one model call (``N``)."""
         return len(self.windows)
+
+    def token_index(self, block_hw: Sequence[int], device=None) -> TokenIndex:
+        """The :class:`TokenIndex` of this plan at a block grid, built once per (grid, device)."""
+        key = (tuple(block_hw), str(torch.device(device) if device is not None else "cpu"))
+        if key not in self.cache:
+            self.cache[key] = token_index(self.windows, self.canvas_hw, tuple(block_hw), device)
+        return self.cache[key]
 
 
 def _check_plan(windows: Sequence[Window], canvas_hw: Sequence[int]) -> None:
@@ -105,25 +152,12 @@ def _check_plan(windows: Sequence[Window], canvas_hw: Sequence[int]) -> None:
 def block_scale(window_hw: Sequence[int], block_hw: Sequence[int]) -> int:
     """Downsampling factor of a UNet block: the smallest power of two ``s`` with ``ceil(window/s) == block``.
 
-    UNet grids are made by stride-2 convolutions, so a block at level ``l`` has
-    ``ceil(h / 2**l)`` rows; this inverts that (unique while ``h > s/2``).
-
-    Args:
-        window_hw: window size ``(h, w)`` in latent px (``original_shape[-2:]`` in ComfyUI).
-        block_hw: the block's token grid ``(h_s, w_s)`` (``activations_shape[-2:]``).
+    UNet grids are made by stride-2 convolutions (:func:`~core.windows.grid_scale`).
 
     >>> block_scale((64, 64), (8, 8)), block_scale((60, 20), (8, 3)), block_scale((12, 12), (3, 3))
     (8, 8, 4)
     """
-    (h, w), (bh, bw) = window_hw, block_hw
-    check(min(h, w, bh, bw) >= 1, f"window_hw {tuple(window_hw)} and block_hw {tuple(block_hw)} must be >= 1")
-    s = 1
-    while s < 2 * max(h, w):
-        if (math.ceil(h / s), math.ceil(w / s)) == (bh, bw):
-            return s
-        s *= 2
-    check(False, f"block_hw {tuple(block_hw)} is not window_hw {tuple(window_hw)} downsampled by a power of two (ceil)")
-    return s
+    return grid_scale(tuple(window_hw), tuple(block_hw))
 
 
 def canvas_block_hw(canvas_hw: Sequence[int], scale: int) -> tuple[int, int]:
@@ -137,15 +171,14 @@ def canvas_block_hw(canvas_hw: Sequence[int], scale: int) -> tuple[int, int]:
 
 
 def window_token_index(
-    windows: Sequence[Window], canvas_hw: Sequence[int], block_hw: Sequence[int], device=None
+    windows: Sequence[Window], canvas_hw: Sequence[int], block_hw: Sequence[int]
 ) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Canvas token index of every window token at one block (MAD's SPLIT as a gather index).
+    """Canvas token index of every window token at one block (on the CPU).
 
     Args:
         windows: the plan (latent px), all the same size.
         canvas_hw: canvas ``(H, W)`` in latent px.
         block_hw: the windows' token grid ``(h_s, w_s)`` at this block.
-        device: device of the index.
 
     Shape: returns ``index (N, h_s·w_s)`` (row-major window tokens → row-major canvas tokens
     ``y·W_s + x``) and the canvas grid ``(H_s, W_s)``.
@@ -159,88 +192,94 @@ def window_token_index(
     rows = []
     for win in windows:
         sw = scale_window(win, scale, Hs, Ws)
-        ys = torch.arange(sw.y, sw.y + sw.h, device=device)
-        xs = torch.arange(sw.x, sw.x + sw.w, device=device) % Ws
+        ys = torch.arange(sw.y, sw.y + sw.h)
+        xs = torch.arange(sw.x, sw.x + sw.w) % Ws
         rows.append((ys[:, None] * Ws + xs[None, :]).flatten())
     return torch.stack(rows), (Hs, Ws)
 
 
-def _check_tokens(tokens: torch.Tensor, n_windows: int, n_tokens: int, name: str) -> None:
-    """Check a sample-major window token batch ``(B·N, T, C)``."""
-    check_shape(tokens, ["B·N", "T", "C"], name)
-    check(
-        tokens.shape[0] % n_windows == 0 and tokens.shape[0] > 0,
-        f"{name} batch {tokens.shape[0]} must be a positive multiple of the {n_windows} windows: MAD needs "
-        f"every window of the plan in one model call (window batch size >= {n_windows})",
-    )
-    check(tokens.shape[1] == n_tokens, f"{name} must have {n_tokens} tokens per window (block grid), got {tokens.shape[1]}")
+def token_index(
+    windows: Sequence[Window], canvas_hw: Sequence[int], block_hw: Sequence[int], device=None
+) -> TokenIndex:
+    """Build MAD's merge/split gather index at one block grid: on the CPU, checked, moved once.
 
+    Raises if a canvas token is covered by no window (offsets that round apart at this block:
+    keep window sizes, strides and the canvas multiples of the deepest block scale).
 
-def merge_tokens(
-    tokens: torch.Tensor, windows: Sequence[Window], canvas_hw: Sequence[int], block_hw: Sequence[int]
-) -> torch.Tensor:
-    """MERGE: average the windows' tokens into canvas tokens (MAD §4, uniform over overlaps).
-
-    Args:
-        tokens: window tokens, sample-major (batch index ``b·N + n``), row-major grid.
-        windows: the ``N`` windows of the plan (latent px); a wrapped window continues at column 0.
-        canvas_hw: canvas ``(H, W)`` in latent px.
-        block_hw: the windows' token grid ``(h_s, w_s)`` at this block.
-
-    Shape: ``tokens (B·N, h_s·w_s, C)`` → ``(B, H_s·W_s, C)``.
-
-    Raises if a canvas token is covered by no window (a chunk of the plan, or offsets that
-    round apart at this block: keep sizes and strides multiples of the deepest scale).
-
-    >>> merge_tokens(torch.tensor([[[1.0], [3.0]], [[5.0], [7.0]]]), [Window(0, 0, 1, 2), Window(0, 1, 1, 2)], (1, 3), (1, 2)).flatten()
-    tensor([1., 4., 7.])
+    >>> token_index([Window(0, 0, 1, 2), Window(0, 1, 1, 2)], (1, 3), (1, 2)).count.flatten().tolist()
+    [1.0, 2.0, 1.0]
     """
-    index, (Hs, Ws) = window_token_index(windows, canvas_hw, block_hw)  # on the CPU: no device sync
-    _check_tokens(tokens, len(windows), index.shape[1], "tokens")
+    index, (Hs, Ws) = window_token_index(windows, canvas_hw, block_hw)
     count = torch.bincount(index.flatten(), minlength=Hs * Ws)
     missing = (count == 0).nonzero().flatten()
     check(
         missing.numel() == 0,
         f"canvas token (row, col) {tuple(divmod(int(missing[0]), Ws)) if missing.numel() else ()} of the {Hs}x{Ws} "
-        f"block grid is covered by no window: pass every window of the plan in one call and keep window sizes, "
-        f"strides and the canvas multiples of the block scale",
+        f"block grid is covered by no window: keep window sizes, strides and the canvas multiples of the block scale",
     )
-    acc = torch.promote_types(tokens.dtype, torch.float32)
-    grouped = rearrange(tokens, "(b n) t c -> b (n t) c", n=len(windows)).to(acc)
-    canvas = grouped.new_zeros(grouped.shape[0], Hs * Ws, grouped.shape[-1])
-    canvas.index_add_(1, index.flatten().to(tokens.device), grouped)
-    return (canvas / count[:, None].to(canvas)).to(tokens.dtype)
+    return TokenIndex(index.flatten().to(device), count.to(torch.float32)[:, None].to(device), index.shape[0],
+                      index.shape[1], (Hs, Ws))
 
 
-def split_tokens(
-    canvas_tokens: torch.Tensor, windows: Sequence[Window], canvas_hw: Sequence[int], block_hw: Sequence[int]
-) -> torch.Tensor:
-    """SPLIT: crop canvas tokens back into window tokens (MAD §4), sample-major.
+def _check_tokens(tokens: torch.Tensor, idx: TokenIndex, batch: int, name: str) -> None:
+    """Check a window token batch ``(K·N·B, T, C)`` against the index (shapes only: no device sync)."""
+    check_shape(tokens, ["K·N·B", "T", "C"], name)
+    group = idx.n_windows * batch
+    check(
+        tokens.shape[0] > 0 and tokens.shape[0] % group == 0,
+        f"{name} batch {tokens.shape[0]} must be a positive multiple of {idx.n_windows} windows x {batch} samples: MAD "
+        f"needs every window of the plan in one model call (window batch size >= {idx.n_windows})",
+    )
+    check(tokens.shape[1] == idx.n_tokens, f"{name} must have {idx.n_tokens} tokens per window (block grid), got {tokens.shape[1]}")
+
+
+def merge_tokens(tokens: torch.Tensor, idx: TokenIndex, batch: int = 1) -> torch.Tensor:
+    """MERGE: average the windows' tokens into canvas tokens (MAD §4, uniform over overlaps).
 
     Args:
-        canvas_tokens: row-major canvas tokens at this block.
-        windows, canvas_hw, block_hw: as in :func:`merge_tokens`.
+        tokens: window tokens, ``K`` chunks of window-major ``N·B`` crops, row-major grid.
+        idx: the plan's :class:`TokenIndex` at this block (:func:`token_index`).
+        batch: canvas samples ``B`` per chunk.
 
-    Shape: ``(B, H_s·W_s, C)`` → ``(B·N, h_s·w_s, C)`` with batch index ``b·N + n``.
+    Shape: ``tokens (K·N·B, h_s·w_s, C)`` → ``(K·B, H_s·W_s, C)``, in ``tokens``' dtype
+    (summed in at least float32).
 
-    >>> split_tokens(torch.tensor([[[1.0], [2.0], [3.0]]]), [Window(0, 0, 1, 2), Window(0, 2, 1, 2)], (1, 3), (1, 2)).flatten()
+    >>> idx = token_index([Window(0, 0, 1, 2), Window(0, 1, 1, 2)], (1, 3), (1, 2))
+    >>> merge_tokens(torch.tensor([[[1.0], [3.0]], [[5.0], [7.0]]]), idx).flatten()
+    tensor([1., 4., 7.])
+    """
+    _check_tokens(tokens, idx, batch, "tokens")
+    acc = torch.promote_types(tokens.dtype, torch.float32)
+    grouped = rearrange(tokens, "(k n b) t c -> (k b) (n t) c", n=idx.n_windows, b=batch).to(acc)
+    canvas = grouped.new_zeros(grouped.shape[0], idx.grid[0] * idx.grid[1], grouped.shape[-1])
+    canvas.index_add_(1, idx.index, grouped)
+    return (canvas / idx.count.to(acc)).to(tokens.dtype)
+
+
+def split_tokens(canvas_tokens: torch.Tensor, idx: TokenIndex, batch: int = 1) -> torch.Tensor:
+    """SPLIT: crop canvas tokens back into window tokens (MAD §4), window-major.
+
+    Args:
+        canvas_tokens: row-major canvas tokens at this block, ``K·B`` of them.
+        idx: the plan's :class:`TokenIndex` at this block.
+        batch: canvas samples ``B`` per chunk.
+
+    Shape: ``(K·B, H_s·W_s, C)`` → ``(K·N·B, h_s·w_s, C)`` with index ``k·N·B + n·B + b``.
+
+    >>> idx = token_index([Window(0, 0, 1, 2), Window(0, 2, 1, 2)], (1, 3), (1, 2))
+    >>> split_tokens(torch.tensor([[[1.0], [2.0], [3.0]]]), idx).flatten()
     tensor([1., 2., 3., 1.])
     """
-    index, (Hs, Ws) = window_token_index(windows, canvas_hw, block_hw, canvas_tokens.device)
-    check_shape(canvas_tokens, ["B", "T", "C"], "canvas_tokens")
+    check_shape(canvas_tokens, ["K·B", "T", "C"], "canvas_tokens")
+    Hs, Ws = idx.grid
     check(canvas_tokens.shape[1] == Hs * Ws, f"canvas_tokens must have {Hs}x{Ws}={Hs * Ws} tokens, got {canvas_tokens.shape[1]}")
-    out = canvas_tokens[:, index.flatten()]
-    return rearrange(out, "b (n t) c -> (b n) t c", n=len(windows))
+    check(canvas_tokens.shape[0] % batch == 0, f"canvas_tokens batch {canvas_tokens.shape[0]} must be a multiple of batch={batch}")
+    out = canvas_tokens[:, idx.index]
+    return rearrange(out, "(k b) (n t) c -> (k n b) t c", n=idx.n_windows, b=batch)
 
 
 def merged_self_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    windows: Sequence[Window],
-    canvas_hw: Sequence[int],
-    block_hw: Sequence[int],
-    attention: Attention,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: TokenIndex, batch: int, attention: Attention
 ) -> torch.Tensor:
     """MAD on a self-attention layer (attn1): merge q, k, v, attend over the whole canvas, split.
 
@@ -249,55 +288,61 @@ def merged_self_attention(
     merged tensor".
 
     Args:
-        q, k, v: projected window tokens, sample-major; ``k``/``v`` must be the same windows' tokens.
-        windows, canvas_hw, block_hw: as in :func:`merge_tokens`.
+        q, k, v: projected window tokens (see :func:`merge_tokens`); ``k``/``v`` the same windows' tokens.
+        idx: the plan's :class:`TokenIndex` at this block.
+        batch: canvas samples ``B`` per chunk.
         attention: see :data:`Attention` (heads are the callable's business).
 
-    Shape: ``q, k, v (B·N, h_s·w_s, heads·d)`` → ``(B·N, h_s·w_s, heads·d_v)``.
+    Shape: ``q, k, v (K·N·B, h_s·w_s, heads·d)`` → ``(K·N·B, h_s·w_s, heads·d_v)``.
     """
     check(k.shape[:2] == q.shape[:2] and v.shape[:2] == q.shape[:2],
           f"self-attention k {tuple(k.shape)} and v {tuple(v.shape)} must have q's batch and tokens {tuple(q.shape[:2])}")
-    merged = [merge_tokens(t, windows, canvas_hw, block_hw) for t in (q, k, v)]
-    return split_tokens(attention(*merged), windows, canvas_hw, block_hw)
+    merged = [merge_tokens(t, idx, batch) for t in (q, k, v)]
+    return split_tokens(attention(*merged), idx, batch)
 
 
 def merged_cross_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    windows: Sequence[Window],
-    canvas_hw: Sequence[int],
-    block_hw: Sequence[int],
-    attention: Attention,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: TokenIndex, batch: int, attention: Attention
 ) -> torch.Tensor:
     """MAD on a cross-attention layer (attn2): merge the queries, attend to the prompt, split.
 
-    The prompt tokens of one sample are the same for all its windows, so each sample's
-    window-0 copy of ``k``/``v`` is used (checked: windows with different prompts raise).
+    Every window of a canvas sample carries that sample's prompt (Vista's window code and
+    ComfyUI's conditioning repeat both tile the prompts window-major), so the prompt tokens of
+    window 0 of each sample are used; nothing is compared on the device.
 
     Args:
-        q: projected window queries, sample-major.
+        q: projected window queries (see :func:`merge_tokens`).
         k, v: projected prompt tokens, one copy per window.
-        windows, canvas_hw, block_hw: as in :func:`merge_tokens`.
+        idx: the plan's :class:`TokenIndex` at this block.
+        batch: canvas samples ``B`` per chunk.
         attention: see :data:`Attention`.
 
-    Shape: ``q (B·N, h_s·w_s, heads·d)``, ``k, v (B·N, L, heads·d)`` → ``(B·N, h_s·w_s, heads·d_v)``.
+    Shape: ``q (K·N·B, h_s·w_s, heads·d)``, ``k, v (K·N·B, L, heads·d)`` → ``(K·N·B, h_s·w_s, heads·d_v)``.
     """
-    n = len(windows)
-    check_shape(k, ["B·N", "L", "C"], "k")
-    check_shape(v, ["B·N", "L", "C"], "v")
+    check_shape(k, ["K·N·B", "L", "C"], "k")
+    check_shape(v, ["K·N·B", "L", "C"], "v")
     check(k.shape[0] == q.shape[0] == v.shape[0], f"q, k, v batches must match, got {q.shape[0]}, {k.shape[0]}, {v.shape[0]}")
-    merged_q = merge_tokens(q, windows, canvas_hw, block_hw)
-    k_g, v_g = (rearrange(t, "(b n) l c -> b n l c", n=n) for t in (k, v))
-    check(
-        torch.equal(k_g, k_g[:, :1].expand_as(k_g)) and torch.equal(v_g, v_g[:, :1].expand_as(v_g)),
-        "merged cross-attention needs the same prompt (k, v) for every window of a sample; "
-        "per-window prompts cannot be merged",
-    )
-    return split_tokens(attention(merged_q, k_g[:, 0], v_g[:, 0]), windows, canvas_hw, block_hw)
+    merged_q = merge_tokens(q, idx, batch)
+    k0, v0 = (rearrange(t, "(k n b) l c -> (k b) n l c", n=idx.n_windows, b=batch)[:, 0] for t in (k, v))
+    return split_tokens(attention(merged_q, k0, v0), idx, batch)
 
 
-def mad_step_index(sigma: float | torch.Tensor, sample_sigmas: Sequence[float] | torch.Tensor) -> int:
+def mad_steps(tau: float, n_steps: int) -> int:
+    """Number of steps with MAD: round-half-up(τ·n), counted exactly on τ's decimal value.
+
+    MAD §5 applies the operator for the first τ of the steps (15 of 50 for Stable Diffusion,
+    τ = 0.3). τ is read as the decimal the user typed (``repr``), so 0.14 · 50 is exactly 7
+    (not 7.000000000000001) and 0.29 · 50 = 14.5 rounds up to 15.
+
+    >>> mad_steps(0.3, 50), mad_steps(0.14, 50), mad_steps(0.29, 50), mad_steps(0.01, 49)
+    (15, 7, 15, 0)
+    """
+    check_range("tau", tau, 0.0, 1.0)
+    check(n_steps >= 0, f"n_steps must be >= 0, got {n_steps}")
+    return math.floor(Fraction(repr(float(tau))) * n_steps + Fraction(1, 2))
+
+
+def mad_step_index(sigma: float, sample_sigmas: Sequence[float] | torch.Tensor) -> int:
     """Sampling step that a model call at ``sigma`` belongs to, counted through ``sample_sigmas``.
 
     Step ``i`` runs from ``sample_sigmas[i]`` down to ``sample_sigmas[i+1]``; a call at
@@ -306,55 +351,42 @@ def mad_step_index(sigma: float | torch.Tensor, sample_sigmas: Sequence[float] |
     context windows match sigmas), clamped to ``[0, len(sample_sigmas) - 2]``.
 
     Args:
-        sigma: the call's noise level (a float, or ComfyUI's ``sigmas`` tensor: its max is used).
-        sample_sigmas: the schedule, decreasing, with the final sigma (usually 0).
+        sigma: the call's noise level (the caller turns a device tensor into a float once per call).
+        sample_sigmas: the schedule, decreasing, with the final sigma (usually 0); read on the CPU.
 
     >>> mad_step_index(14.6, [14.6, 7.0, 3.0, 0.0]), mad_step_index(5.0, [14.6, 7.0, 3.0, 0.0])
     (0, 1)
     """
-    schedule = torch.as_tensor(sample_sigmas, dtype=torch.float64).flatten().cpu()
+    schedule = torch.as_tensor(sample_sigmas).detach().flatten().cpu().to(torch.float64)
     check(schedule.numel() >= 2, f"sample_sigmas must hold at least 2 sigmas (1 step), got {schedule.numel()}")
-    s = float(torch.as_tensor(sigma, dtype=torch.float64).max())
-    at_or_above = int((schedule >= s * (1 - 1e-4)).sum())
+    at_or_above = int((schedule >= float(sigma) * (1 - 1e-4)).sum())
     return min(max(at_or_above - 1, 0), schedule.numel() - 2)
 
 
-def mad_active(sigma: float | torch.Tensor, sample_sigmas: Sequence[float] | torch.Tensor, tau: float) -> bool:
-    """Whether MAD applies at this call: the step index is within the first ``tau`` fraction of the steps.
+def mad_active(step: int, n_steps: int, tau: float) -> bool:
+    """Whether MAD applies at 0-based ``step`` of ``n_steps``: the first :func:`mad_steps` steps.
 
-    MAD §5 applies the operator for the first τ steps (15 of 50 for Stable Diffusion, i.e.
-    ``tau = 0.3``); ``tau = 0`` never applies it, ``tau = 1`` always.
-
-    Args:
-        sigma, sample_sigmas: as in :func:`mad_step_index`.
-        tau: fraction of the steps, in ``[0, 1]``.
-
-    >>> sigmas = torch.linspace(10, 0, 51)
-    >>> [mad_active(sigmas[i], sigmas, 0.3) for i in (0, 14, 15)]
+    >>> [mad_active(i, 50, 0.3) for i in (0, 14, 15)]
     [True, True, False]
     """
-    check_range("tau", tau, 0.0, 1.0)
-    n_steps = torch.as_tensor(sample_sigmas).numel() - 1
-    return mad_step_index(sigma, sample_sigmas) < tau * n_steps
+    return step < mad_steps(tau, n_steps)
 
 
-def mad_attention_patch(cross: bool, tau: float, optimized_attention: Callable, key: str = MAD_LAYOUT_KEY) -> Callable:
+def mad_attention_patch(cross: bool, optimized_attention: Callable, key: str = MAD_LAYOUT_KEY) -> Callable:
     """An attention-replace patch ``fn(q, k, v, extra_options)`` for ComfyUI's attn1/attn2 (MAD §4–5).
 
-    The patch reads the call's :class:`MadLayout` from ``extra_options[key]`` and applies the
-    merged attention while :func:`mad_active` (``extra_options["sigmas"]``, ``["sample_sigmas"]``);
-    otherwise — no layout (the model runs without Vista's window wrapper), no schedule, or past
-    τ — it is exactly ComfyUI's own attention ``optimized_attention(q, k, v, n_heads, ...)``.
+    The patch merges whenever the call carries a :class:`MadLayout` in ``extra_options[key]``;
+    the window code puts it there exactly on the steps where MAD is active (:func:`mad_active`),
+    so the patch reads no sigma. Without a layout it is ComfyUI's own attention
+    ``optimized_attention(q, k, v, n_heads, ...)``.
 
     Args:
         cross: ``True`` for cross-attention (attn2), ``False`` for self-attention (attn1).
-        tau: fraction of the steps with MAD, in ``[0, 1]`` (paper: 0.3 = 15 of 50).
         optimized_attention: the host's ``optimized_attention(q, k, v, heads, attn_precision=, transformer_options=)``.
         key: transformer_options key of the layout.
 
-    Shape: ``q (B·N, h_s·w_s, heads·d)``; ``extra_options["activations_shape"][-2:] == (h_s, w_s)``.
+    Shape: ``q (K·N·B, h_s·w_s, heads·d)``; ``extra_options["activations_shape"][-2:] == (h_s, w_s)``.
     """
-    check_range("tau", tau, 0.0, 1.0)
     merged = merged_cross_attention if cross else merged_self_attention
 
     def patch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
@@ -364,10 +396,10 @@ def mad_attention_patch(cross: bool, tau: float, optimized_attention: Callable, 
         def attention(q, k, v):
             return optimized_attention(q, k, v, heads, **kwargs)
 
-        layout, sigmas, schedule = (extra_options.get(name) for name in (key, "sigmas", "sample_sigmas"))
-        if layout is None or sigmas is None or schedule is None or not mad_active(sigmas, schedule, tau):
+        layout = extra_options.get(key)
+        if layout is None:
             return attention(q, k, v)
-        block_hw = tuple(extra_options["activations_shape"][-2:])
-        return merged(q, k, v, layout.windows, layout.canvas_hw, block_hw, attention)
+        idx = layout.token_index(tuple(extra_options["activations_shape"][-2:]), q.device)
+        return merged(q, k, v, idx, layout.batch, attention)
 
     return patch

@@ -3,7 +3,7 @@
 Everything spatial that a window sees must be cropped with it (DESIGN.md): ``c_concat``
 (inpainting/instruct models), masks and ControlNet residuals, which arrive canvas-sized in
 the model call. Per-sample tensors (prompt embeddings, pooled vectors, timesteps) are
-repeated for every window, sample-major.
+repeated for every window, window-major (the order of :func:`~core.windows.crop_windows`).
 """
 from __future__ import annotations
 
@@ -11,20 +11,21 @@ from collections.abc import Sequence
 
 import torch
 
-from .windows import Window, crop_windows, repeat_for_windows
+from .windows import Window, crop_windows, grid_scale, repeat_for_windows
 
 __all__ = ["feature_scale", "window_call_kwargs"]
 
 
-def feature_scale(canvas_h: int, feature_h: int) -> int:
-    """Downscale of a feature map relative to the latent, e.g. a UNet block's residual.
+def feature_scale(canvas_hw: Sequence[int], feature_hw: Sequence[int]) -> int:
+    """Downscale of a feature map relative to the latent, e.g. a UNet block's ControlNet residual.
 
-    Stride-2 convolutions round up, so a 65-row latent gives 33 rows at scale 2.
+    The UNet's stride-2 convolutions round up level by level, so level ``l`` of an ``H``-row
+    latent has ``ceil(H / 2^l)`` rows (:func:`~core.windows.grid_scale`).
 
-    >>> feature_scale(64, 16), feature_scale(65, 33), feature_scale(8, 8)
-    (4, 2, 1)
+    >>> feature_scale((64, 64), (16, 16)), feature_scale((65, 64), (9, 8)), feature_scale((8, 8), (8, 8))
+    (4, 8, 1)
     """
-    return max(1, round(canvas_h / feature_h))
+    return grid_scale(tuple(canvas_hw), tuple(feature_hw))
 
 
 def window_call_kwargs(c: dict, canvas_hw: Sequence[int], windows: Sequence[Window]) -> dict:
@@ -38,15 +39,15 @@ def window_call_kwargs(c: dict, canvas_hw: Sequence[int], windows: Sequence[Wind
         windows: the ``n`` windows of this call.
 
     Returns:
-        A new dict: ``(B, C, H, W)`` tensors cropped to ``(B·n, C, h, w)``, residuals cropped at
-        their block scale, other tensors with a batch dim repeated to ``B·n`` (sample-major),
+        A new dict: ``(B, C, H, W)`` tensors cropped to ``(n·B, C, h, w)``, residuals cropped at
+        their block scale, other tensors with a batch dim repeated to ``n·B`` (window-major),
         everything else passed through unchanged.
     """
     windows = tuple(windows)
     out = {}
     for key, value in c.items():
         if key == "control" and value is not None:
-            out[key] = {block: [None if t is None else crop_windows(t, windows, feature_scale(canvas_hw[0], t.shape[-2]))
+            out[key] = {block: [None if t is None else crop_windows(t, windows, feature_scale(canvas_hw, t.shape[-2:]))
                                 for t in residuals] for block, residuals in value.items()}
         elif isinstance(value, torch.Tensor) and value.ndim == 4 and tuple(value.shape[-2:]) == tuple(canvas_hw):
             out[key] = crop_windows(value, windows)

@@ -63,12 +63,12 @@ def fuse_average(
     """Weighted average of window values (MultiDiffusion; Guided Fusion, GVCF eq. 8).
 
     Args:
-        values: window values, sample-major.
+        values: window values, window-major.
         windows: the ``N`` windows (latent px).
         weights: their fusion weights.
         denominator: ``sum_i w_i`` per pixel, from :func:`~core.windows.total_weight`.
 
-    Shape: ``values (B·N, C, h, w)``, ``weights (N, 1, h, w)``, ``denominator (1, 1, H, W)``
+    Shape: ``values (N·B, C, h, w)``, ``weights (N, 1, h, w)``, ``denominator (1, 1, H, W)``
     → ``(B, C, H, W)``.
 
     >>> from vista.core.windows import plan_windows, total_weight, window_weights
@@ -112,18 +112,18 @@ def accumulate_fusion(
 
     Args:
         sums: accumulator from :func:`fusion_sums`.
-        x_windows: window latents after their own step, sample-major.
+        x_windows: window latents after their own step, window-major.
         windows: the ``n`` windows of this batch (latent px; may wrap past the right edge).
         weights: their fusion weights (the matching slice of the plan's weights).
         mu_windows: the step means ``mu_i`` of the same windows; required iff ``sums.wmu`` is kept.
 
-    Shape: ``x_windows, mu_windows (B·n, C, h, w)``, ``weights (n, 1, h, w)``.
+    Shape: ``x_windows, mu_windows (n·B, C, h, w)``, ``weights (n, 1, h, w)``.
     """
     n = len(windows)
-    check_shape(x_windows, ["B·n", "C", "h", "w"], "x_windows")
+    check_shape(x_windows, ["n·B", "C", "h", "w"], "x_windows")
     check(n >= 1 and weights.shape[0] == n, f"weights has {weights.shape[0]} maps for {n} windows; pass one per window")
     batch, shape, size = x_windows.shape[0], tuple(x_windows.shape), tuple(x_windows.shape[-2:])
-    check(batch == sums.wx.shape[0] * n, f"x_windows batch {batch} must be B·n = {sums.wx.shape[0]}·{n}")
+    check(batch == sums.wx.shape[0] * n, f"x_windows batch {batch} must be n·B = {n}·{sums.wx.shape[0]}")
     check((mu_windows is None) == (sums.wmu is None), "mu_windows must be given exactly when the sums keep the mean (with_mean=True)")
     check(mu_windows is None or mu_windows.shape == shape, f"mu_windows shape must equal x_windows shape {shape}")
     check(tuple(weights.shape[-2:]) == size, f"weights size {tuple(weights.shape[-2:])} must equal the window size {size}")
@@ -194,13 +194,13 @@ def fuse_variance_corrected(
     """Variance-Corrected Fusion of all windows in one call (GVCF eq. 14).
 
     Args:
-        x_windows: window latents after a stochastic step ``mu_i + sigma_up * eps_i``, sample-major.
+        x_windows: window latents after a stochastic step ``mu_i + sigma_up * eps_i``, window-major.
         mu_windows: the step means ``mu_i``.
         windows: the ``N`` windows (latent px; may wrap past the right edge).
         weights: fusion weights.
         height, width: canvas size (latent px).
 
-    Shape: ``x_windows, mu_windows (B·N, C, h, w)``, ``weights (N, 1, h, w)`` → ``(B, C, H, W)``.
+    Shape: ``x_windows, mu_windows (N·B, C, h, w)``, ``weights (N, 1, h, w)`` → ``(B, C, H, W)``.
 
     >>> from vista.core.windows import plan_windows, window_weights
     >>> wins = plan_windows(1, 2, 1, 1, 1, 1)
@@ -208,7 +208,7 @@ def fuse_variance_corrected(
     >>> fuse_variance_corrected(x, mu, wins, window_weights(wins), 1, 2).flatten().tolist()
     [1.0, 1.0]
     """
-    check_shape(x_windows, ["B·N", "C", "h", "w"], "x_windows")
+    check_shape(x_windows, ["N·B", "C", "h", "w"], "x_windows")
     n = max(len(windows), 1)
     B, C = x_windows.shape[0] // n, x_windows.shape[1]
     sums = fusion_sums(B, C, height, width, with_mean=True, dtype=x_windows.dtype, device=x_windows.device)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from tqdm.auto import trange
@@ -27,10 +27,12 @@ from tqdm.auto import trange
 from .checks import check, check_shape
 from .fusion import accumulate_fusion, check_on_canvas, finish_average, finish_variance_corrected, fusion_sums
 from .multidiffusion import chunks
+from .noise_streams import step_generator
 from .windows import Window, crop_windows, total_weight
 
 __all__ = [
     "BeforeStep",
+    "StepSetup",
     "LatentFusionOptions",
     "get_ancestral_step",
     "ancestral_mean",
@@ -45,10 +47,20 @@ BeforeStep = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Sequence[Window
 
 Called once per window batch and step, after the model and before the window's own step.
 ``x_w``/``denoised_w`` are the noisy window crops and their denoised predictions
-``(B·n, C, h, w)``, sample-major; ``sigma`` is the 0-d step sigma; ``chunk`` the ``n``
+``(n·B, C, h, w)``, window-major; ``sigma`` is the 0-d step sigma; ``chunk`` the ``n``
 windows. Per-window gradient guidance (SyncDiffusion, MSD) updates ``x_w`` here and
 returns the matching (re-)denoised prediction; the step then uses both. Runs under the
 caller's grad mode: a guidance hook enables gradients itself.
+"""
+
+
+StepSetup = Callable[[int, int, dict], tuple[dict, int]]
+"""``step_setup(i, n_steps, extra_args) -> (extra_args, batch_size)``: per-step model arguments.
+
+Called once at the start of step ``i`` of ``n_steps``; returns the ``extra_args`` for that
+step's model calls and its window batch size. E.g. MAD: while merged attention is active the
+layout travels in the step's ``model_options`` and all windows go in one call; afterwards the
+user's batch size applies again.
 """
 
 
@@ -107,12 +119,13 @@ def ancestral_mean(x: torch.Tensor, denoised: torch.Tensor, sigma: float, sigma_
 
 
 def window_noise(generator: torch.Generator, like: torch.Tensor, n: int) -> torch.Tensor:
-    """Independent standard normal noise for ``n`` windows, drawn window by window, sample-major.
+    """Independent standard normal noise for ``n`` windows, drawn window by window, window-major.
 
     Drawing per window (all ``B`` samples of window 0, then window 1, …) makes the noise of
-    a window independent of how the plan is split into batches.
+    a window independent of how the plan is split into batches; the result is in the
+    window-major batch order of :func:`~core.windows.crop_windows`.
 
-    Shape: ``like (B·n, C, h, w)`` → same.
+    Shape: ``like (n·B, C, h, w)`` → same.
 
     >>> window_noise(torch.Generator().manual_seed(0), torch.zeros(6, 4, 2, 2), 3).shape
     torch.Size([6, 4, 2, 2])
@@ -120,7 +133,7 @@ def window_noise(generator: torch.Generator, like: torch.Tensor, n: int) -> torc
     check(n >= 1 and like.shape[0] % n == 0, f"like batch {like.shape[0]} must be a multiple of n={n} windows")
     b = like.shape[0] // n
     draws = [torch.randn(b, *like.shape[1:], generator=generator, dtype=like.dtype, device=like.device) for _ in range(n)]
-    return torch.stack(draws, dim=1).flatten(0, 1)  # (b, n, ...) -> (b·n, ...): sample-major
+    return torch.cat(draws)  # n draws of (b, ...) -> (n·b, ...): window-major
 
 
 def denoise_windows(
@@ -129,7 +142,7 @@ def denoise_windows(
     """Crop one window batch, denoise it, run the per-window hook.
 
     Args:
-        model: ``model(x_windows, sigma * ones(B·n), **extra_args) -> denoised``.
+        model: ``model(x_windows, sigma * ones(n·B), **extra_args) -> denoised``.
         x: noisy canvas ``(B, C, H, W)``.
         sigma: 0-d current sigma.
         chunk: the ``n`` windows of this batch (latent px).
@@ -137,7 +150,7 @@ def denoise_windows(
         before_step: optional hook, see :data:`BeforeStep`.
 
     Returns:
-        ``(x_w, denoised_w)``, each ``(B·n, C, h, w)`` sample-major.
+        ``(x_w, denoised_w)``, each ``(n·B, C, h, w)`` window-major.
     """
     x_w = crop_windows(x, chunk)
     denoised_w = model(x_w, sigma * x_w.new_ones(x_w.shape[0]), **extra_args)
@@ -215,14 +228,17 @@ def sample_latent_fusion(
     s_noise: float = 1.0,
     before_step: BeforeStep | None = None,
     before_batch: Callable[[], None] | None = None,
+    step_setup: StepSetup | None = None,
 ) -> torch.Tensor:
     """Latent-fusion MultiDiffusion sampler, k-diffusion form (GVCF eq. 8, eq. 14).
 
     Args:
-        model: ``model(x_windows (B·n, C, h, w), sigma * ones(B·n), **extra_args) -> denoised x0``.
+        model: ``model(x_windows (n·B, C, h, w), sigma * ones(n·B), **extra_args) -> denoised x0``.
         x: noisy canvas latent at ``sigmas[0]`` (already noise-scaled).
         sigmas: ``(S + 1,)`` decreasing schedule; the last may be 0 (then the fused denoised is returned).
-        extra_args: passed to ``model``; ``extra_args["seed"]`` (default 0) seeds the window noise.
+        extra_args: passed to ``model``; the window step noise comes from
+            :func:`~core.noise_streams.step_generator` of ``extra_args["seed"]`` (default 0), a stream
+            independent of the initial noise that a NOISE object drew from the same seed.
         callback: gets ``{x, i, sigma, sigma_hat, denoised}`` once per step (fused canvas tensors).
         disable: disable the tqdm progress bar.
         windows: window plan covering the canvas (latent px; :func:`~core.windows.plan_windows`).
@@ -233,6 +249,7 @@ def sample_latent_fusion(
         s_noise: scale of the per-window noise.
         before_step: per-window hook (guidance), see :data:`BeforeStep`.
         before_batch: called before every window batch (interrupt checks).
+        step_setup: per-step model arguments and window batch size, see :data:`StepSetup`.
 
     Shape: ``x (B, C, H, W)`` → ``(B, C, H, W)``.
 
@@ -247,10 +264,15 @@ def sample_latent_fusion(
     extra_args = {} if extra_args is None else extra_args
     opts = LatentFusionOptions(tuple(windows), weights, batch_size, eta, s_noise, variance_corrected, before_step, before_batch)
     _check_sampler_inputs(x, sigmas, opts)
-    seed = extra_args.get("seed")
-    generator = torch.Generator(device=x.device).manual_seed(0 if seed is None else int(seed))
-    for i in trange(len(sigmas) - 1, disable=disable):
-        x_next, denoised = latent_fusion_step(model, x, sigmas[i], sigmas[i + 1], extra_args, opts, generator)
+    generator = step_generator(extra_args.get("seed"), x.device)
+    n_steps = len(sigmas) - 1
+    for i in trange(n_steps, disable=disable):
+        step_args, step_opts = extra_args, opts
+        if step_setup is not None:
+            step_args, step_batch = step_setup(i, n_steps, extra_args)
+            check(step_batch >= 1, f"step_setup gave batch_size {step_batch} at step {i}; it must be >= 1 window")
+            step_opts = replace(opts, batch_size=step_batch)
+        x_next, denoised = latent_fusion_step(model, x, sigmas[i], sigmas[i + 1], step_args, step_opts, generator)
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
         x = denoised if sigmas[i + 1] == 0 else x_next

@@ -19,7 +19,7 @@ from .windows import Window, accumulate_windows, crop_windows, total_weight
 __all__ = ["WindowPredictor", "chunks", "multidiffusion_predict"]
 
 WindowPredictor = Callable[[torch.Tensor, Sequence[Window]], torch.Tensor]
-"""``predict(x_windows (B·n, C, h, w), windows) -> (B·n, C', h, w)``, sample-major batches."""
+"""``predict(x_windows (n·B, C, h, w), windows) -> (n·B, C', h, w)``, window-major batches."""
 
 
 def chunks(windows: Sequence[Window], size: int) -> list[tuple[Window, ...]]:
@@ -43,7 +43,7 @@ def multidiffusion_predict(
     """Fused prediction of all windows of ``x`` (MultiDiffusion, one model evaluation).
 
     Args:
-        predict: denoises a sample-major batch of window crops (see :data:`WindowPredictor`).
+        predict: denoises a window-major batch of window crops (see :data:`WindowPredictor`).
         x: noisy canvas latent.
         windows: window plan covering the canvas (:func:`~core.windows.plan_windows`).
         weights: ``(N, 1, h, w)`` fusion weights (:func:`~core.windows.window_weights`).
@@ -54,6 +54,7 @@ def multidiffusion_predict(
     """
     check_shape(x, ["B", "C", "H", "W"])
     check(len(windows) == weights.shape[0], f"{len(windows)} windows but {weights.shape[0]} weight maps")
+    check(batch_size >= 1, f"window batch size must be >= 1, got {batch_size}")
     H, W = x.shape[-2:]
     out = None
     for start, chunk in zip(range(0, len(windows), batch_size), chunks(windows, batch_size)):

@@ -32,6 +32,7 @@ __all__ = [
     "total_weight",
     "crop_windows",
     "repeat_for_windows",
+    "grid_scale",
     "scale_window",
     "accumulate_windows",
     "fuse_windows",
@@ -142,13 +143,20 @@ def weight_map(h: int, w: int, mode: WeightMode = "uniform", *, dtype=torch.floa
         linearly with the distance to 0 at the corners, floored at ``GUIDED_FLOOR`` so that
         no canvas pixel ends with zero total weight.
 
+    Convention: computed in float64 on the CPU and moved once (some devices, e.g. Apple MPS,
+    have no float64). Keep weights in float32 (the default): the ``gaussian`` corners are
+    ~exp(-25) ≈ 1e-11, which underflows to 0 in float16.
+
     Shape: ``(h, w)``.
+
+    >>> weight_map(3, 3, "gaussian")[0, 0].item() > 0
+    True
     """
     check(mode in WEIGHT_MODES, f"weight mode must be one of {WEIGHT_MODES}, got {mode!r}")
-    ys = torch.arange(h, dtype=torch.float64, device=device) - (h - 1) / 2
-    xs = torch.arange(w, dtype=torch.float64, device=device) - (w - 1) / 2
+    ys = torch.arange(h, dtype=torch.float64) - (h - 1) / 2
+    xs = torch.arange(w, dtype=torch.float64) - (w - 1) / 2
     if mode == "uniform":
-        out = torch.ones(h, w, dtype=torch.float64, device=device)
+        out = torch.ones(h, w, dtype=torch.float64)
     elif mode == "gaussian":
         var = 0.01
         gy = torch.exp(-(ys / h) ** 2 / (2 * var))
@@ -158,11 +166,15 @@ def weight_map(h: int, w: int, mode: WeightMode = "uniform", *, dtype=torch.floa
         dist = torch.sqrt(ys[:, None] ** 2 + xs[None, :] ** 2)
         corner = math.hypot((h - 1) / 2, (w - 1) / 2) or 1.0
         out = (1 - dist / corner).clamp_min(GUIDED_FLOOR)
-    return (out / out.max()).to(dtype)
+    return (out / out.max()).to(dtype=dtype).to(device=device)
 
 
 def window_weights(windows: tuple[Window, ...], mode: WeightMode = "uniform", *, dtype=torch.float32, device=None) -> torch.Tensor:
-    """Weight maps of all windows, ``(N, 1, h, w)`` (windows of one plan share a size)."""
+    """Weight maps of all windows, ``(N, 1, h, w)`` (windows of one plan share a size).
+
+    Keep them float32 whatever the latent's dtype (see :func:`weight_map`); fusion sums in
+    float32 and casts only its result.
+    """
     check(len(windows) > 0, "windows must not be empty")
     h, w = windows[0].h, windows[0].w
     check(all((win.h, win.w) == (h, w) for win in windows), "all windows of a plan must have the same size")
@@ -177,13 +189,20 @@ def _column_index(win: Window, width: int, device) -> torch.Tensor | slice:
 
 
 def crop_windows(x: torch.Tensor, windows: tuple[Window, ...] | list[Window], scale: int = 1) -> torch.Tensor:
-    """Crop windows out of a canvas tensor, sample-major.
+    """Crop windows out of a canvas tensor, window-major.
 
     ``scale`` > 1 crops a feature map at ``1/scale`` of the latent resolution (ControlNet
     residuals, attention grids): offsets and sizes are divided by ``scale`` (rounded, and
     clamped to fit the map).
 
-    Shape: ``x (B, C, H, W)`` → ``(B·N, C, h, w)`` with batch index ``b·N + n``.
+    Convention (window-major, batch index ``n·B + b``): ComfyUI repeats a conditioning of
+    batch ``B`` to a larger batch by tiling it (``c_0, c_1, …, c_0, c_1, …``), so in a
+    window-major batch every window of sample ``b`` meets sample ``b``'s prompt.
+
+    Shape: ``x (B, C, H, W)`` → ``(N·B, C, h, w)``.
+
+    >>> crop_windows(torch.arange(8.).view(2, 1, 1, 4), [Window(0, 0, 1, 2), Window(0, 2, 1, 2)])[:, 0, 0].tolist()
+    [[0.0, 1.0], [4.0, 5.0], [2.0, 3.0], [6.0, 7.0]]
     """
     check_shape(x, ["B", "C", "H", "W"])
     crops = []
@@ -191,18 +210,49 @@ def crop_windows(x: torch.Tensor, windows: tuple[Window, ...] | list[Window], sc
     for win in windows:
         sw = scale_window(win, scale, H, W)
         crops.append(x[:, :, sw.y : sw.y + sw.h][..., _column_index(sw, W, x.device)])
-    return rearrange(torch.stack(crops), "n b c h w -> (b n) c h w")
+    return rearrange(torch.stack(crops), "n b c h w -> (n b) c h w")
 
 
 def repeat_for_windows(t: torch.Tensor, n: int) -> torch.Tensor:
-    """Repeat a per-sample tensor for ``n`` windows, sample-major (batch index ``b·n + i``).
+    """Repeat a per-sample tensor for ``n`` windows, window-major (batch index ``i·B + b``).
 
-    Shape: ``(B, ...)`` → ``(B·n, ...)``.
+    This is the order of :func:`crop_windows` and of ComfyUI's own conditioning repeat.
+
+    Shape: ``(B, ...)`` → ``(n·B, ...)``.
 
     >>> repeat_for_windows(torch.tensor([1., 2.]), 3).tolist()
-    [1.0, 1.0, 1.0, 2.0, 2.0, 2.0]
+    [1.0, 2.0, 1.0, 2.0, 1.0, 2.0]
     """
-    return repeat(t, "b ... -> (b n) ...", n=n)
+    return repeat(t, "b ... -> (n b) ...", n=n)
+
+
+def grid_scale(size_hw: tuple[int, int], grid_hw: tuple[int, int]) -> int:
+    """Downscale of a feature grid made by stride-2 convolutions: the smallest power of two ``s``
+    with ``(ceil(H/s), ceil(W/s)) == grid_hw``.
+
+    A UNet level halves its grid rounding up (``ceil``), level by level, and
+    ``ceil(ceil(H/2)/2) = ceil(H/4)``, so level ``l`` has ``ceil(H/2^l)`` rows. Rounding
+    ``H / h_s`` instead is wrong where the ceil matters (``H = 65``: 9 rows at scale 8,
+    ``round(65/9) = 7``).
+
+    Args:
+        size_hw: ``(H, W)`` of the input (latent px).
+        grid_hw: ``(h_s, w_s)`` of the feature grid.
+
+    Raises if no power of two maps ``size_hw`` onto ``grid_hw``.
+
+    >>> grid_scale((64, 64), (8, 8)), grid_scale((65, 97), (9, 13)), grid_scale((60, 20), (8, 3))
+    (8, 8, 8)
+    """
+    (h, w), (gh, gw) = size_hw, grid_hw
+    check(min(h, w, gh, gw) >= 1, f"size_hw {tuple(size_hw)} and grid_hw {tuple(grid_hw)} must be >= 1")
+    s = 1
+    while s < 2 * max(h, w):
+        if (math.ceil(h / s), math.ceil(w / s)) == (gh, gw):
+            return s
+        s *= 2
+    check(False, f"grid {tuple(grid_hw)} is not {tuple(size_hw)} downscaled by a power of two (ceil, as stride-2 convolutions)")
+    return s
 
 
 def scale_window(win: Window, scale: int, H: int, W: int) -> Window:
@@ -225,10 +275,11 @@ def scale_window(win: Window, scale: int, H: int, W: int) -> Window:
 def total_weight(windows: tuple[Window, ...], weights: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Sum of all window weights at every canvas pixel (the fusion denominator).
 
-    Shape: ``weights (N, 1, h, w)`` → ``(1, 1, H, W)``.
+    Shape: ``weights (N, 1, h, w)`` → ``(1, 1, H, W)``, at least float32.
     """
-    canvas = torch.zeros(1, 1, height, width, dtype=weights.dtype, device=weights.device)
-    accumulate_windows(canvas, torch.ones(len(windows), 1, 1, 1, dtype=weights.dtype, device=weights.device), windows, weights)
+    dtype = torch.promote_types(weights.dtype, torch.float32)
+    canvas = torch.zeros(1, 1, height, width, dtype=dtype, device=weights.device)
+    accumulate_windows(canvas, torch.ones(len(windows), 1, 1, 1, dtype=dtype, device=weights.device), windows, weights)
     return canvas
 
 
@@ -237,16 +288,16 @@ def accumulate_windows(canvas: torch.Tensor, values: torch.Tensor, windows, weig
 
     Args:
         canvas: ``(B, C, H, W)`` accumulator.
-        values: sample-major ``(B·N, C, h, w)`` window values (broadcastable).
+        values: window-major ``(N·B, C, h, w)`` window values (broadcastable).
         windows: the ``N`` windows these values belong to.
-        weights: ``(N, 1, h, w)`` their weights.
+        weights: ``(N, 1, h, w)`` their weights (cast to the canvas dtype).
     """
     W = canvas.shape[-1]
-    per_window = rearrange(values, "(b n) c h w -> n b c h w", n=len(windows))
+    per_window = rearrange(values, "(n b) c h w -> n b c h w", n=len(windows))
     for win, v, wt in zip(windows, per_window, weights.to(canvas)):
         rows = canvas[:, :, win.y : win.y + win.h]
         if win.wraps(W):
-            rows.index_add_(-1, torch.tensor(win.columns(W), device=canvas.device), v * wt)
+            rows.index_add_(-1, torch.tensor(win.columns(W), device=canvas.device), (v * wt).to(canvas.dtype))
         else:
             rows[..., win.x : win.x + win.w] += v * wt
 
@@ -260,16 +311,18 @@ def fuse_windows(
     """Weighted average of window values on the canvas (MultiDiffusion's fusion step).
 
     Args:
-        values: per-window tensors, sample-major ``(B·N, C, h, w)``.
+        values: per-window tensors, window-major ``(N·B, C, h, w)``.
         windows: the plan (``N`` windows).
         weights: ``(N, 1, h, w)`` window weights.
         denominator: ``(1, 1, H, W)`` from :func:`total_weight` (positive everywhere).
 
     Returns:
-        ``(B, C, H, W)``: ``sum_i w_i v_i / sum_i w_i`` per pixel.
+        ``(B, C, H, W)``: ``sum_i w_i v_i / sum_i w_i`` per pixel, summed in at least float32
+        and returned in ``values``' dtype.
     """
     n = len(windows)
     check(values.shape[0] % n == 0, f"values batch {values.shape[0]} is not a multiple of the {n} windows")
-    canvas = values.new_zeros(values.shape[0] // n, values.shape[1], *denominator.shape[-2:])
+    acc = torch.promote_types(values.dtype, torch.float32)
+    canvas = values.new_zeros(values.shape[0] // n, values.shape[1], *denominator.shape[-2:], dtype=acc)
     accumulate_windows(canvas, values, windows, weights)
-    return canvas / denominator.to(values)
+    return (canvas / denominator.to(canvas)).to(values.dtype)

@@ -32,8 +32,8 @@ def reference_vcf(x_windows, mu_windows, windows, weights, height, width):
                 if win.y <= py < win.y + win.h and px in cols:
                     wy, wx = py - win.y, cols.index(px)
                     w = weights[i, 0, wy, wx]
-                    sx = sx + w * x_windows[i::n, :, wy, wx]
-                    smu = smu + w * mu_windows[i::n, :, wy, wx]
+                    sx = sx + w * x_windows[i * B : (i + 1) * B, :, wy, wx]  # window-major rows of window i
+                    smu = smu + w * mu_windows[i * B : (i + 1) * B, :, wy, wx]
                     sw, sw2 = sw + w, sw2 + w * w
             out[:, :, py, px] = sx / sw2**0.5 + (1 - sw / sw2**0.5) * smu / sw
     return out
@@ -95,7 +95,7 @@ class TestAccumulateFusion:
             accumulate_fusion(self.sums, self.x, self.windows, self.weights[:1], self.x)
 
     def test_exception_batch(self):
-        with pytest.raises(VistaInputError, match="B·n"):
+        with pytest.raises(VistaInputError, match="n·B"):
             accumulate_fusion(self.sums, torch.zeros(4, 4, 8, 8), self.windows, self.weights, torch.zeros(4, 4, 8, 8))
 
     def test_exception_mean_missing(self):
@@ -123,7 +123,7 @@ class TestAccumulateFusion:
         sums = fusion_sums(2, 3, 12, 28, with_mean=True, dtype=F64)
         for start, chunk in zip(range(0, n, batch_size), chunks(windows, batch_size)):
             k = len(chunk)
-            sel = torch.tensor([b * n + start + j for b in range(2) for j in range(k)])  # sample-major chunk rows
+            sel = torch.tensor([(start + j) * 2 + b for j in range(k) for b in range(2)])  # window-major chunk rows
             accumulate_fusion(sums, x[sel], chunk, weights[start : start + k], mu[sel])
         torch.testing.assert_close(finish_variance_corrected(sums), fuse_variance_corrected(x, mu, windows, weights, 12, 28), rtol=1e-12, atol=1e-12)
 
@@ -198,7 +198,7 @@ class TestFuseVarianceCorrected:
         weights = window_weights(windows, "guided", dtype=F64)
         n, B = len(windows), 4000
         g = torch.Generator().manual_seed(0)
-        mu = torch.randn(n, 1, 8, 8, generator=g, dtype=F64).repeat(B, 1, 1, 1)
+        mu = torch.randn(n, 1, 8, 8, generator=g, dtype=F64).repeat_interleave(B, 0)  # window-major
         x = mu + torch.randn(B * n, 1, 8, 8, generator=g, dtype=F64)
         vcf_var = fuse_variance_corrected(x, mu, windows, weights, 8, 20).var(0)
         avg_var = fuse_average(x, windows, weights, total_weight(windows, weights, 8, 20)).var(0)

@@ -14,6 +14,7 @@ from vista.core.latent_fusion import (
     window_noise,
 )
 from vista.core.multidiffusion import multidiffusion_predict
+from vista.core.noise_streams import step_noise_seed
 from vista.core.windows import Window, plan_windows, total_weight, window_weights
 
 from denoisers import TinyConvDenoiser, euler
@@ -37,8 +38,8 @@ def run(x, sigmas, windows, weights=None, **kw):
 
 
 def euler_ancestral(denoise, x, sigmas, eta, seed):
-    """k-diffusion's sample_euler_ancestral on the whole canvas, noise from a generator seeded with ``seed``."""
-    g = torch.Generator().manual_seed(seed)
+    """k-diffusion's sample_euler_ancestral on the whole canvas, noise from Vista's step stream for ``seed``."""
+    g = torch.Generator().manual_seed(step_noise_seed(seed))
     for s, s_next in zip(sigmas[:-1].tolist(), sigmas[1:].tolist()):
         d = denoise(x, torch.full((x.shape[0],), s, dtype=x.dtype))
         up = min(s_next, eta * (s_next**2 * (s**2 - s_next**2) / s**2) ** 0.5)
@@ -85,10 +86,10 @@ class TestWindowNoise:
     def test_independent_of_batching(self):
         """Drawing windows 0-1 then 2-3 gives each window the noise a single draw of 0-3 gives it."""
         like = torch.zeros(2 * 4, 1, 2, 2)
-        whole = window_noise(torch.Generator().manual_seed(1), like, 4).view(2, 4, 1, 2, 2)
+        whole = window_noise(torch.Generator().manual_seed(1), like, 4).view(4, 2, 1, 2, 2)  # (window, sample)
         g = torch.Generator().manual_seed(1)
         parts = [window_noise(g, like[:4], 2).view(2, 2, 1, 2, 2) for _ in range(2)]
-        assert torch.equal(torch.cat(parts, dim=1), whole)
+        assert torch.equal(torch.cat(parts, dim=0), whole)
 
     def test_exception(self):
         with pytest.raises(VistaInputError, match="multiple of n=4"):
@@ -254,3 +255,47 @@ class TestSampleLatentFusion:
     def test_exception_uncovered(self):
         with pytest.raises(VistaInputError, match="cover every canvas pixel"):
             run(self.canvas(), self.sigmas, plan_windows(16, 40, 16, 16, 8, 8)[:2])
+
+
+class TestStepNoiseStream:
+    """Issue [R] 9: the step noise must not replay the initial noise that a NOISE object drew from the same seed."""
+
+    def test_first_step_noise_independent_of_initial_noise(self):
+        """Zero denoiser, one window = the canvas: after one ancestral step x1 = (s_down/s) x0 + s_up eps, so eps is
+        recovered exactly; its correlation with RandomNoise's initial noise (torch.manual_seed(seed), CPU, as
+        comfy.sample.prepare_noise draws it) must be ~0 (|r| < 5/sqrt(n)); replaying the seed gives r = 1."""
+        seed, shape = 11, (2, 4, 16, 24)
+        initial = torch.randn(shape, generator=torch.manual_seed(seed), dtype=F64)
+        sigmas = torch.tensor([2.0, 1.0, 0.5], dtype=F64)
+        windows = plan_windows(16, 24, 16, 24, 8, 8)
+        x1 = sample_latent_fusion(lambda x, s, **kw: torch.zeros_like(x), initial * 2.0, sigmas[:2], {"seed": seed},
+                                  disable=True, windows=windows, weights=window_weights(windows, dtype=F64), eta=1.0)
+        down, up = get_ancestral_step(2.0, 1.0, 1.0)
+        eps = (x1 - (down / 2.0) * initial * 2.0) / up
+        r = torch.corrcoef(torch.stack([eps.flatten(), initial.flatten()]))[0, 1].item()
+        assert abs(r) < 5 / initial.numel() ** 0.5, r
+        assert abs(eps.std().item() - 1) < 0.1
+
+
+class TestStepSetup:
+    def test_per_step_args_and_batch_size(self):
+        """step_setup chooses each step's model arguments and window batch size (MAD: all windows, then the user's)."""
+        windows = plan_windows(8, 24, 8, 8, 4, 4)
+        seen = []
+
+        def model(x, sigma, tag=None):
+            seen.append((tag, x.shape[0]))
+            return torch.zeros_like(x)
+
+        def setup(i, n_steps, extra_args):
+            return ({**extra_args, "tag": i}, len(windows)) if i < 1 else (extra_args, 2)
+
+        sample_latent_fusion(model, torch.zeros(1, 1, 8, 24), torch.tensor([2.0, 1.0, 0.5]), {"tag": "user"},
+                             disable=True, windows=windows, weights=window_weights(windows), batch_size=2, step_setup=setup)
+        assert seen == [(0, 5), ("user", 2), ("user", 2), ("user", 1)]
+
+    def test_exception(self):
+        windows = plan_windows(8, 8, 8, 8, 8, 8)
+        with pytest.raises(VistaInputError, match="batch_size 0"):
+            sample_latent_fusion(lambda x, s: x, torch.zeros(1, 1, 8, 8), torch.tensor([1.0, 0.0]), disable=True,
+                                 windows=windows, weights=window_weights(windows), step_setup=lambda i, n, a: (a, 0))

@@ -10,7 +10,7 @@ from denoisers import TinyConvDenoiser, box_smoother, euler
 
 
 def window_predictor(denoise, sigma):
-    return lambda crops, chunk: denoise(crops, sigma.repeat_interleave(len(chunk)))
+    return lambda crops, chunk: denoise(crops, sigma.repeat(len(chunk)))  # window-major: n·B + b
 
 
 def reference_multidiffusion(denoise, x, sigma, windows):

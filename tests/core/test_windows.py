@@ -132,11 +132,12 @@ class TestWindowWeights:
 
 
 class TestCropWindows:
-    def test_sample_major_order(self):
+    def test_window_major_order(self):
+        """Batch index n·B + b, the order in which ComfyUI tiles a batch of prompts over a larger batch."""
         x = torch.arange(2 * 1 * 4 * 8, dtype=torch.float32).reshape(2, 1, 4, 8)
         windows = plan_windows(4, 8, 4, 4, 4, 4)
         crops = crop_windows(x, windows)
-        assert torch.equal(crops[1], x[0, :, :, 4:]) and torch.equal(crops[2], x[1, :, :, :4])
+        assert torch.equal(crops[1], x[1, :, :, :4]) and torch.equal(crops[2], x[0, :, :, 4:])
 
     def test_wrap_crop(self):
         x = torch.arange(10.0).reshape(1, 1, 1, 10)
@@ -159,9 +160,9 @@ class TestScaleWindow:
 
 
 class TestRepeatForWindows:
-    def test_sample_major(self):
+    def test_window_major(self):
         t = torch.tensor([[1.0], [2.0]])
-        assert repeat_for_windows(t, 2).flatten().tolist() == [1.0, 1.0, 2.0, 2.0]
+        assert repeat_for_windows(t, 2).flatten().tolist() == [1.0, 2.0, 1.0, 2.0]
 
 
 class TestFuseWindows:

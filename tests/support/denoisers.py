@@ -1,4 +1,4 @@
-"""Tiny torch denoisers for core/ tests: ``denoise(x, sigma) -> x0_hat``, sample-major safe."""
+"""Tiny torch denoisers for core/ tests: ``denoise(x, sigma) -> x0_hat``, window-major safe (per-sample only)."""
 import torch
 import torch.nn.functional as F
 
