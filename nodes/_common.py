@@ -1,15 +1,18 @@
-"""Shared glue between ComfyUI objects and core/: units, errors, interrupts, cond cropping."""
+"""Shared glue between ComfyUI objects and core/: units, errors, interrupts, window plans, validation."""
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 
 import comfy.model_management
+import comfy.model_sampling
 from comfy_api.latest import io
 
-from ..core.attention_merge import MAD_LAYOUT_KEY, MAD_TAU_KEY, MadLayout, mad_active
+import torch
+
+from ..core.attention_merge import MAD_LAYOUT_KEY, MAD_TAU_KEY, MadLayout
 from ..core.checks import VistaInputError
-from ..core.windows import WEIGHT_MODES, Window, plan_windows
+from ..core.windows import WEIGHT_MODES, Window, plan_windows, window_weights
 
 
 HOST_DEFAULT_LATENT_FACTOR = 8  # what v0.3.64's own EmptyLatentImage assumes for every image model
@@ -25,6 +28,41 @@ def latent_factor(model) -> int:
     return int(getattr(fmt, "spacial_downscale_ratio", HOST_DEFAULT_LATENT_FACTOR))
 
 
+def is_flow_matching(model) -> bool:
+    """Whether the model samples by flow matching (ComfyUI's CONST sampling: SD3, Flux, AuraFlow, …)."""
+    return isinstance(model.get_model_object("model_sampling"), comfy.model_sampling.CONST)
+
+
+def refuse_stochastic_flow(node: str, model, eta: float) -> None:
+    """Refuse a stochastic (eta > 0) step on a flow-matching model: Vista's ancestral step is the
+    k-diffusion (VE-form) one, which is wrong for ``x = (1 - sigma) x0 + sigma eps``.
+
+    The deterministic step (eta = 0, euler/DDIM on the flow ODE) is exact for these models and allowed.
+    """
+    if eta > 0 and is_flow_matching(model):
+        kind = type(model.get_model_object("model_sampling")).__name__
+        raise ValueError(f"{node}: eta={eta} asks for stochastic (ancestral) steps, which Vista does not support yet "
+                         f"for flow-matching models (this model samples with {kind}, CONST: SD3, Flux, …); "
+                         f"set eta to 0 (deterministic steps are exact for these models)")
+
+
+def core_error(node: str, error: Exception) -> ValueError:
+    """A core/ precondition failure as a plain ValueError prefixed with the node name.
+
+    ComfyUI prints an exception's type by module path; the pack's own exception class would show as a file path,
+    so nodes re-raise core errors as ValueError: ``raise core_error(NODE, e) from e``.
+    """
+    return ValueError(f"{node}: {error}")
+
+
+def check_image_latent(node: str, name: str, x) -> None:
+    """The latent must be an image latent ``(B, C, H, W)`` (not a video/audio latent), named by node and input."""
+    if getattr(x, "is_nested", False) or x.ndim != 4:
+        shape = "nested" if getattr(x, "is_nested", False) else tuple(x.shape)
+        raise ValueError(f"{node}: {name} must be an image latent of shape (batch, channels, height, width), got "
+                         f"{shape}; video and audio latents are not supported")
+
+
 def unet_alignment(model) -> int:
     """2^(levels-1): the latent grid every UNet block lines up with (8 for SD1.5, 1 if unknown)."""
     channel_mult = getattr(model.get_model_object("diffusion_model"), "channel_mult", None)
@@ -34,6 +72,16 @@ def unet_alignment(model) -> int:
 def throw_if_interrupted() -> None:
     """Honour ComfyUI's interrupt button between window batches."""
     comfy.model_management.throw_exception_if_processing_interrupted()
+
+
+def clamp_notice(node: str, name: str, px: int, size_px: int, side: str, what: str = "window") -> str:
+    """The one rule for a window (or tile) larger than the canvas, on every node: clamp it, and say so.
+
+    Clamping (rather than refusing) is needed because ComfyUI calls the model on the area crop for area
+    conditioning, which can be smaller than any sane window.
+    """
+    return (f"{node}: {name}={px} px is larger than the image/area {side} {size_px} px; using one {what} of "
+            f"{size_px} px there (lower it to silence this)")
 
 
 @dataclass(frozen=True)
@@ -47,27 +95,71 @@ class WindowSpec:
     stride_y: int
     factor: int
     wrap_x: bool = False
-    align: int = 1
 
-    def plan(self, height: int, width: int) -> tuple[Window, ...]:
-        """The window plan for a ``height x width`` latent, errors named by node input.
+    def _axes(self, height: int, width: int):
+        """Per axis: (window input, window px, stride input, stride px, canvas latent px, side)."""
+        return (("window_height", self.window_height, "stride_y", self.stride_y, height, "height"),
+                ("window_width", self.window_width, "stride_x", self.stride_x, width, "width"))
 
-        A window larger than the latent is clamped to it, with a warning: ComfyUI calls the
-        model on the area crop for area conditioning, and a small canvas is then sampled plainly.
+    def plan(self, height: int, width: int, align: int = 1) -> tuple[Window, ...]:
+        """The window plan for a ``height x width`` latent, offsets on multiples of ``align`` latent px.
+
+        A window larger than the latent is clamped to it (ComfyUI calls the model on the area crop for
+        area conditioning, and a small canvas is then sampled plainly); see :meth:`notices`.
         """
         f = self.factor
-        window_h, window_w = self.window_height // f, self.window_width // f
-        for name, px, limit, side in (("window_width", self.window_width, width, "width"),
-                                      ("window_height", self.window_height, height, "height")):
-            if px > limit * f:
-                logging.warning("%s: %s=%d px is larger than the image/area %s %d px; using one window of %d px "
-                                "there (lower it to silence this)", self.node, name, px, side, limit * f, limit * f)
-        window_h, window_w = min(window_h, height), min(window_w, width)
+        (_, wh, _, sy, _, _), (_, ww, _, sx, _, _) = self._axes(height, width)
+        window_h, window_w = min(wh // f, height), min(ww // f, width)
         try:
-            return plan_windows(height, width, window_h, window_w, min(self.stride_y // f, window_h),
-                                min(self.stride_x // f, window_w), wrap_x=self.wrap_x, align=self.align)
+            return plan_windows(height, width, window_h, window_w, min(sy // f, window_h), min(sx // f, window_w),
+                                wrap_x=self.wrap_x, align=align)
         except VistaInputError as e:
-            raise ValueError(f"{self.node}: {e}") from e
+            raise core_error(self.node, e) from e
+
+    def notices(self, height: int, width: int, align: int = 1, reason: str = "") -> list[str]:
+        """Warnings for this canvas: windows clamped to the canvas, strides snapped to the ``align`` grid."""
+        f, out = self.factor, []
+        for wname, wpx, sname, spx, size, side in self._axes(height, width):
+            if wpx > size * f:
+                out.append(clamp_notice(self.node, wname, wpx, size * f, side))
+            stride = min(spx // f, wpx // f, size)
+            step = max(align, stride // align * align)
+            if align > 1 and step != stride:
+                out.append(f"{self.node}: {sname}={spx} px is not a multiple of the UNet grid {align * f} px, which "
+                           f"{reason or 'this run'} needs; using {step * f} px (set {sname} to a multiple of "
+                           f"{align * f} px to silence this)")
+        return out
+
+
+@dataclass(frozen=True)
+class CanvasPlan:
+    """One canvas size's windows, their float32 fusion weights on the device, and their MAD layout."""
+
+    windows: tuple[Window, ...]
+    weights: torch.Tensor
+    layout: MadLayout
+
+
+class PlanCache:
+    """The plans of one patched model / sampler, per canvas size, alignment and device.
+
+    Planned, and warned about, once per canvas size rather than on every model call; the MAD token
+    indices cached on each plan's layout are built once per run too. Lives on the patch / sampler
+    object that owns it (never on a module, class or node).
+    """
+
+    def __init__(self, spec: WindowSpec, weight_mode: str):
+        self.spec, self.weight_mode, self.plans = spec, weight_mode, {}
+
+    def get(self, canvas_hw: tuple[int, int], align: int, device, reason: str = "") -> CanvasPlan:
+        key = (tuple(canvas_hw), align, str(device))
+        if key not in self.plans:
+            for message in self.spec.notices(*canvas_hw, align, reason):
+                logging.warning(message)
+            windows = self.spec.plan(*canvas_hw, align)
+            weights = window_weights(windows, self.weight_mode, device=device)
+            self.plans[key] = CanvasPlan(windows, weights, MadLayout(windows, tuple(canvas_hw), self.spec.wrap_x))
+        return self.plans[key]
 
 
 def check_pixels(node: str, factor: int, **sizes: int) -> None:
@@ -97,9 +189,12 @@ def window_inputs(weight_default: str, batch_note: str = "") -> list:
                      tooltip="Window height in image pixels (512 = 64 latent px on SD1.5)."),
         io.Int.Input("stride_x", default=128, min=STRIDE_MIN_PX, max=WINDOW_PX[1], step=8,
                      tooltip="Horizontal step between windows in image pixels; at most window_width. Smaller = more "
-                             "overlap, smoother, slower (128 px = 16 latent px, as in SyncDiffusion/MAD)."),
+                             "overlap, smoother, slower (128 px = 16 latent px, as in SyncDiffusion/MAD). Used exactly, "
+                             "except when ControlNet or a Vista MAD patch needs window offsets on the UNet's grid "
+                             "(64 px on SD1.5/SDXL): then it is rounded down to a multiple of that, with a warning."),
         io.Int.Input("stride_y", default=128, min=STRIDE_MIN_PX, max=WINDOW_PX[1], step=8,
-                     tooltip="Vertical step between windows in image pixels; at most window_height."),
+                     tooltip="Vertical step between windows in image pixels; at most window_height. Rounded like "
+                             "stride_x when ControlNet or MAD needs the UNet grid."),
         io.Combo.Input("weight_mode", options=list(WEIGHT_MODES), default=weight_default,
                        tooltip="How overlapping windows are averaged: " + "; ".join(WEIGHT_TOOLTIPS[m] for m in modes) + "."),
         io.Boolean.Input("wrap_x", default=False,
@@ -110,31 +205,30 @@ def window_inputs(weight_default: str, batch_note: str = "") -> list:
 
 
 def check_strides(node: str, window_width: int, window_height: int, stride_x: int, stride_y: int) -> bool | str:
-    """validate_inputs rule shared by windowed nodes: windows in range, 8 px <= stride <= window.
+    """validate_inputs rule shared by windowed nodes: each stride at most its window.
 
     Naming these inputs in ``validate_inputs`` removes ComfyUI's automatic min/max check for
-    them, so the schema ranges are re-checked here.
+    them, so their schema ranges are re-checked first, each with its own message.
     """
+    ranges = (("window_width", window_width, WINDOW_PX), ("window_height", window_height, WINDOW_PX),
+              ("stride_x", stride_x, (STRIDE_MIN_PX, WINDOW_PX[1])), ("stride_y", stride_y, (STRIDE_MIN_PX, WINDOW_PX[1])))
+    for name, value, (low, high) in ranges:
+        if not low <= value <= high:
+            return f"{node}: {name}={value} px must be in [{low}, {high}] px"
     for stride, window, sname, wname in ((stride_x, window_width, "stride_x", "window_width"),
                                          (stride_y, window_height, "stride_y", "window_height")):
-        if not WINDOW_PX[0] <= window <= WINDOW_PX[1]:
-            return f"{node}: {wname}={window} px must be in [{WINDOW_PX[0]}, {WINDOW_PX[1]}] px"
-        if not STRIDE_MIN_PX <= stride <= window:
-            return (f"{node}: {sname}={stride} px must be in [{STRIDE_MIN_PX}, {wname}={window}] px "
-                    f"(a stride larger than the window leaves gaps)")
+        if stride > window:
+            return (f"{node}: {sname}={stride} px must be at most {wname}={window} px; a stride larger than the "
+                    f"window leaves gaps between windows")
     return True
 
 
-def with_mad_layout(c: dict, windows, canvas_hw, wrap_x: bool, sigma, batch_size: int) -> tuple[dict, int]:
-    """While a Vista MAD patch is active, hand it the window layout and denoise all windows in one call.
+def mad_tau(transformer_options: dict) -> float | None:
+    """τ of a Vista MAD patch on the model (None without one, or with τ = 0: MAD never runs)."""
+    tau = transformer_options.get(MAD_TAU_KEY)
+    return tau if tau else None
 
-    ``c`` is any dict holding ``transformer_options``: a model call's kwargs (Tiled Diffusion) or
-    the sampler's ``model_options`` (Latent Fusion Sampler). Returns a copy when it changes it.
-    """
-    options = c.get("transformer_options", {})
-    tau, schedule = options.get(MAD_TAU_KEY), options.get("sample_sigmas")
-    if tau is None or schedule is None or not mad_active(sigma, schedule, tau):
-        return c, batch_size
-    options = {**options, MAD_LAYOUT_KEY: MadLayout(tuple(windows), canvas_hw, wrap_x)}
-    return {**c, "transformer_options": options}, len(windows)
 
+def with_layout(options: dict, layout: MadLayout) -> dict:
+    """A copy of ``transformer_options`` carrying the MAD layout (the patch then merges)."""
+    return {**options, MAD_LAYOUT_KEY: layout}

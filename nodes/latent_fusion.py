@@ -1,13 +1,17 @@
 """Vista Latent Fusion Sampler: every window takes its own sampler step, then the window latents are fused."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import comfy.samplers
 from comfy_api.latest import io
 
+from ..core.attention_merge import mad_active
+from ..core.checks import VistaInputError
 from ..core.latent_fusion import sample_latent_fusion
-from ..core.windows import window_weights
-from ._common import (WindowSpec, check_pixels, check_strides, latent_factor, throw_if_interrupted, unet_alignment,
-                      window_inputs, with_mad_layout)
+from ._common import (CanvasPlan, PlanCache, WindowSpec, check_image_latent, check_pixels, check_strides, core_error,
+                      latent_factor, mad_tau, refuse_stochastic_flow, throw_if_interrupted, unet_alignment,
+                      window_inputs, with_layout)
 
 NODE = "Vista Latent Fusion Sampler"
 USE_TILED = "use Vista Tiled Diffusion (prediction fusion) with a stock sampler, which supports it"
@@ -46,24 +50,40 @@ class LatentFusionSampler(comfy.samplers.Sampler):
         self.options = {"eta": eta, "s_noise": s_noise, "variance_corrected": variance_corrected}
 
     def window_spec(self, model_patcher) -> WindowSpec:
-        """The window inputs, checked against the model's latent factor and UNet alignment."""
+        """The window inputs, checked against the model's latent factor."""
         factor = latent_factor(model_patcher)
         check_pixels(NODE, factor, **{k: v for k, v in self.spec.items() if k != "wrap_x"})
-        return WindowSpec(NODE, factor=factor, align=unet_alignment(model_patcher), **self.spec)
+        return WindowSpec(NODE, factor=factor, **self.spec)
+
+    def step_setup(self, plan: CanvasPlan, tau: float | None, canvas_batch: int):
+        """Per step: while MAD is active, the layout in model_options and all windows in one call."""
+        layout = replace(plan.layout, batch=canvas_batch)
+
+        def setup(i: int, n_steps: int, extra_args: dict) -> tuple[dict, int]:
+            if tau is None or not mad_active(i, n_steps, tau):
+                return extra_args, self.batch_size
+            options = extra_args["model_options"]
+            options = {**options, "transformer_options": with_layout(options.get("transformer_options", {}), layout)}
+            return {**extra_args, "model_options": options}, len(plan.windows)
+
+        return setup
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None, disable_pbar=False):
+        check_image_latent(NODE, "latent_image", noise)
         reject_unsupported(model_wrap, denoise_mask)
-        spec = self.window_spec(model_wrap.model_patcher)
-        canvas_hw = tuple(noise.shape[-2:])
-        windows = spec.plan(*canvas_hw)
-        weights = window_weights(windows, self.weight_mode, dtype=noise.dtype, device=noise.device)
-        model_options, batch_size = with_mad_layout(extra_args["model_options"], windows, canvas_hw, spec.wrap_x,
-                                                    sigmas[0], self.batch_size)
-        extra_args = {**extra_args, "model_options": model_options}
-        options = {"windows": windows, "weights": weights, "batch_size": batch_size,
-                   "before_batch": throw_if_interrupted, **self.options}
+        refuse_stochastic_flow(NODE, model_wrap.model_patcher, self.options["eta"])
+        tau = mad_tau(extra_args["model_options"].get("transformer_options", {}))
+        align = unet_alignment(model_wrap.model_patcher) if tau is not None else 1
+        plan = PlanCache(self.window_spec(model_wrap.model_patcher), self.weight_mode).get(
+            tuple(noise.shape[-2:]), align, noise.device, "a Vista MAD patch")
+        options = {"windows": plan.windows, "weights": plan.weights, "batch_size": self.batch_size,
+                   "before_batch": throw_if_interrupted, "step_setup": self.step_setup(plan, tau, noise.shape[0]),
+                   **self.options}
         inner = comfy.samplers.KSAMPLER(sample_latent_fusion, extra_options=options)
-        return inner.sample(model_wrap, sigmas, extra_args, callback, noise, latent_image, denoise_mask, disable_pbar)
+        try:
+            return inner.sample(model_wrap, sigmas, extra_args, callback, noise, latent_image, denoise_mask, disable_pbar)
+        except VistaInputError as e:
+            raise core_error(NODE, e) from e
 
 
 class VistaLatentFusionSampler(io.ComfyNode):
@@ -83,9 +103,11 @@ class VistaLatentFusionSampler(io.ComfyNode):
                 "Diffusion for those."
             ),
             inputs=[
-                *window_inputs("guided", " While a Vista MAD patch is on the model, all windows go in one call."),
+                *window_inputs("guided", " While Vista MAD is active (its first tau of the steps), all windows go in one "
+                                         "call; after that, this batch size applies again."),
                 io.Float.Input("eta", default=0.0, min=0.0, max=1.0, step=0.01,
-                               tooltip="Noise added per step: 0 = deterministic DDIM/euler, 1 = DDPM / euler ancestral."),
+                               tooltip="Noise added per step: 0 = deterministic DDIM/euler, 1 = DDPM / euler ancestral. "
+                                       "Flow-matching models (SD3, Flux) support only 0 for now."),
                 io.Float.Input("s_noise", default=1.0, min=0.0, max=2.0, step=0.01,
                                tooltip="Scale of the per-window step noise (only with eta > 0)."),
                 io.Boolean.Input("variance_corrected", default=True,

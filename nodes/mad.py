@@ -37,8 +37,9 @@ class VistaMADAttention(io.ComfyNode):
             inputs=[
                 io.Model.Input("model", tooltip="A UNet model (SD1.x/2.x/SDXL), usually before or after Vista Tiled Diffusion."),
                 io.Float.Input("tau", default=0.3, min=0.0, max=1.0, step=0.01,
-                               tooltip="Fraction of the sampling steps with merged attention, counted from the first "
-                                       "(paper: 15 of 50 = 0.3). 0 = off, 1 = every step."),
+                               tooltip="Fraction of the sampling steps with merged attention, counted from the first: "
+                                       "MAD runs for the first round-half-up(tau x steps) steps (paper: 0.3 = 15 of 50; "
+                                       "0.29 x 50 = 14.5 -> 15). 0 = off, 1 = every step."),
                 io.Boolean.Input("input_blocks", default=True, tooltip="Merge attention in the UNet's input (down) blocks."),
                 io.Boolean.Input("middle_block", default=True, tooltip="Merge attention in the UNet's middle block."),
                 io.Boolean.Input("output_blocks", default=True, tooltip="Merge attention in the UNet's output (up) blocks."),
@@ -56,7 +57,7 @@ class VistaMADAttention(io.ComfyNode):
                              f"enable input_blocks/middle_block/output_blocks or use a UNet model (SD1.x/2.x/SDXL)")
         model = model.clone()
         for name, index in blocks:
-            model.set_model_attn1_replace(mad_attention_patch(False, tau, comfy_attention.optimized_attention), name, index)
-            model.set_model_attn2_replace(mad_attention_patch(True, tau, comfy_attention.optimized_attention), name, index)
+            model.set_model_attn1_replace(mad_attention_patch(False, comfy_attention.optimized_attention), name, index)
+            model.set_model_attn2_replace(mad_attention_patch(True, comfy_attention.optimized_attention), name, index)
         model.model_options.setdefault("transformer_options", {})[MAD_TAU_KEY] = tau
         return io.NodeOutput(model)

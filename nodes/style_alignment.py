@@ -1,12 +1,15 @@
 """Vista Style Alignment: initial noise whose window-sized tiles are slerped toward one reference (GVCF eq. 15)."""
 from __future__ import annotations
 
+import logging
+
 import comfy.sample
 import torch
 from comfy_api.latest import io
 
+from ..core.checks import VistaInputError
 from ..core.style_alignment import reference_from_canvas, style_align_noise
-from ._common import check_pixels, latent_factor
+from ._common import check_image_latent, check_pixels, clamp_notice, core_error, latent_factor
 
 NODE = "Vista Style Alignment"
 REFERENCES = ("seeded", "canvas crop")
@@ -23,23 +26,28 @@ class StyleAlignedNoise:
         self.seed, self.tile_hw_px, self.factor, self.alpha, self.reference = seed, tile_hw_px, factor, alpha, reference
 
     def tile(self, canvas_hw: tuple[int, int]) -> tuple[int, int]:
-        """The tile size in latent px; a tile larger than the canvas is an error naming the input."""
+        """The tile size in latent px; a tile larger than the canvas is clamped to it (the windowed nodes' rule)."""
+        tile = []
         for name, px, size, side in zip(("window_height", "window_width"), self.tile_hw_px, canvas_hw, ("height", "width")):
             if px > size * self.factor:
-                raise ValueError(f"{NODE}: {name}={px} px is larger than the image {side} {size * self.factor} px; "
-                                 f"lower it to at most {size * self.factor} or enlarge the canvas")
-        return self.tile_hw_px[0] // self.factor, self.tile_hw_px[1] // self.factor
+                logging.warning(clamp_notice(NODE, name, px, size * self.factor, side, "tile"))
+            tile.append(min(px // self.factor, size))
+        return tile[0], tile[1]
 
     def generate_noise(self, input_latent: dict) -> torch.Tensor:
         latent = input_latent["samples"]
+        check_image_latent(NODE, "latent_image", latent)
         batch_inds = input_latent.get("batch_index")
         noise = comfy.sample.prepare_noise(latent, self.seed, batch_inds)
         tile_h, tile_w = self.tile(tuple(latent.shape[-2:]))
-        if self.reference == "canvas crop":
-            reference = reference_from_canvas(noise, tile_h, tile_w)
-        else:
-            reference = comfy.sample.prepare_noise(latent[..., :tile_h, :tile_w], self.seed + 1, batch_inds)
-        return style_align_noise(noise, reference, tile_h, tile_w, self.alpha)
+        try:
+            if self.reference == "canvas crop":
+                reference = reference_from_canvas(noise, tile_h, tile_w)
+            else:
+                reference = comfy.sample.prepare_noise(latent[..., :tile_h, :tile_w], self.seed + 1, batch_inds)
+            return style_align_noise(noise, reference, tile_h, tile_w, self.alpha)
+        except VistaInputError as e:
+            raise core_error(NODE, e) from e
 
 
 class VistaStyleAlignment(io.ComfyNode):

@@ -3,26 +3,47 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from dataclasses import replace
+
+from ..core.attention_merge import mad_active, mad_step_index
+from ..core.checks import VistaInputError
 from ..core.conditioning import window_call_kwargs
 from ..core.multidiffusion import multidiffusion_predict
-from ..core.windows import repeat_for_windows, window_weights
-from ._common import (WindowSpec, check_pixels, check_strides, latent_factor, throw_if_interrupted, unet_alignment,
-                      window_inputs, with_mad_layout)
+from ..core.windows import repeat_for_windows
+from ._common import (PlanCache, WindowSpec, check_image_latent, check_pixels, check_strides, core_error, latent_factor,
+                      mad_tau, throw_if_interrupted, unet_alignment, window_inputs, with_layout)
 
 NODE = "Vista Tiled Diffusion"
 
 
 class TiledDiffusionPatch:
-    """``model_function_wrapper``: denoise the canvas as fused windows (chains a previous wrapper)."""
+    """``model_function_wrapper``: denoise the canvas as fused windows (chains a previous wrapper).
 
-    def __init__(self, spec: WindowSpec, weight_mode: str, batch_size: int, previous=None):
-        self.spec, self.weight_mode, self.batch_size, self.previous = spec, weight_mode, batch_size, previous
+    Window offsets follow the user's strides exactly, except in a model call that carries ControlNet
+    residuals or while a Vista MAD patch is on the model: both need offsets on the UNet's deepest grid
+    (``alignment`` latent px), and the strides are then snapped down to it with a warning.
+    """
+
+    def __init__(self, spec: WindowSpec, weight_mode: str, batch_size: int, alignment: int, previous=None):
+        self.plans, self.batch_size, self.alignment, self.previous = PlanCache(spec, weight_mode), batch_size, alignment, previous
+
+    def align_for(self, c: dict, options: dict) -> tuple[int, str]:
+        """(offset grid, why) for this model call: the UNet grid when ControlNet or MAD needs it, else 1."""
+        reasons = [why for why, needed in (("ControlNet residuals", c.get("control") is not None),
+                                           ("a Vista MAD patch", mad_tau(options) is not None)) if needed]
+        return (self.alignment, " and ".join(reasons)) if reasons and self.alignment > 1 else (1, "")
 
     def __call__(self, apply_model, args: dict):
         x, sigma, c = args["input"], args["timestep"], args["c"]
-        windows = self.spec.plan(*x.shape[-2:])
-        weights = window_weights(windows, self.weight_mode, dtype=x.dtype, device=x.device)
-        c, batch_size = with_mad_layout(c, windows, tuple(x.shape[-2:]), self.spec.wrap_x, sigma, self.batch_size)
+        check_image_latent(NODE, "the sampled latent", x)
+        options = c.get("transformer_options", {})
+        align, reason = self.align_for(c, options)
+        plan = self.plans.get(tuple(x.shape[-2:]), align, x.device, reason)
+        batch_size, tau, schedule = self.batch_size, mad_tau(options), options.get("sample_sigmas")
+        if tau is not None and schedule is not None and mad_active(mad_step_index(float(sigma.max()), schedule),
+                                                                    len(schedule) - 1, tau):
+            c = {**c, "transformer_options": with_layout(options, replace(plan.layout, batch=x.shape[0]))}
+            batch_size = len(plan.windows)  # the merge needs every window in one call
 
         def predict(crops, chunk):
             window_args = {"input": crops, "timestep": repeat_for_windows(sigma, len(chunk)),
@@ -31,7 +52,10 @@ class TiledDiffusionPatch:
                 return self.previous(apply_model, window_args)
             return apply_model(window_args["input"], window_args["timestep"], **window_args["c"])
 
-        return multidiffusion_predict(predict, x, windows, weights, batch_size, before_batch=throw_if_interrupted)
+        try:
+            return multidiffusion_predict(predict, x, plan.windows, plan.weights, batch_size, before_batch=throw_if_interrupted)
+        except VistaInputError as e:
+            raise core_error(NODE, e) from e
 
 
 class VistaTiledDiffusion(io.ComfyNode):
@@ -65,8 +89,9 @@ class VistaTiledDiffusion(io.ComfyNode):
                 weight_mode: str, wrap_x: bool, window_batch_size: int) -> io.NodeOutput:
         factor = latent_factor(model)
         check_pixels(NODE, factor, window_width=window_width, window_height=window_height, stride_x=stride_x, stride_y=stride_y)
-        spec = WindowSpec(NODE, window_width, window_height, stride_x, stride_y, factor, wrap_x, unet_alignment(model))
+        spec = WindowSpec(NODE, window_width, window_height, stride_x, stride_y, factor, wrap_x)
         model = model.clone()
         previous = model.model_options.get("model_function_wrapper")
-        model.set_model_unet_function_wrapper(TiledDiffusionPatch(spec, weight_mode, window_batch_size, previous))
+        patch = TiledDiffusionPatch(spec, weight_mode, window_batch_size, unet_alignment(model), previous)
+        model.set_model_unet_function_wrapper(patch)
         return io.NodeOutput(model)

@@ -65,3 +65,32 @@ class TestControlNetThroughWindows:
         with_hint = sample(comfy, patched, with_control(pos, 256, 512), with_control(neg, 256, 512), 32, 64)
         without = sample(comfy, patched, pos, neg, 32, 64)
         assert torch.isfinite(with_hint).all() and (with_hint - without).abs().max().item() > 1e-3
+
+
+@pytest.fixture(scope="module")
+def deep():
+    comfy = import_host()
+    from host import deep_controlnet, deep_unet_model
+    from vista.nodes.tiled_diffusion import VistaTiledDiffusion
+
+    _, clip, _ = load_checkpoint()
+    return comfy, VistaTiledDiffusion, deep_unet_model(), deep_controlnet(), encode(clip, "a street"), encode(clip, "")
+
+
+class TestDeepUNetHeights:
+    """Issue [R] 2.1: at latent heights 65–67, 73, 74, 81, 82, 89, 97 (520–776 px) the scale of the deepest
+    residuals (8) was derived as 7, the crops did not fit, and ComfyUI dropped them with only a log warning.
+    Real ControlNet forwards through Vista Tiled Diffusion on a 4-level UNet (scales 1…8, like SD1.5)."""
+
+    @pytest.mark.parametrize("height", [65, 66, 67, 73, 74, 81, 82, 89, 97])
+    def test_residuals_applied_at_every_block(self, deep, height, caplog):
+        comfy, node, model, controlnet, pos, neg = deep
+        patched = tiled(node, model, 512, 256)
+        hint = torch.linspace(0, 1, 64 * 8).expand(1, 3, height * 8, 64 * 8).contiguous()
+        control = controlnet.copy().set_cond_hint(hint, 1.0, (0.0, 1.0))
+        with_c = [[t, {**d, "control": control}] for t, d in pos], [[t, {**d, "control": control}] for t, d in neg]
+        with caplog.at_level("WARNING"):
+            with_hint = sample(comfy, patched, *with_c, height, 64)
+        assert "control could not be applied" not in caplog.text
+        without = sample(comfy, patched, pos, neg, height, 64)
+        assert torch.isfinite(with_hint).all() and (with_hint - without).abs().max().item() > 1e-4

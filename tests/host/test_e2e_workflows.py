@@ -127,11 +127,15 @@ def test_bad_prompts_do_not_break_the_server(comfyui_server, panorama):
                                  stride_x=64, stride_y=64, window_batch_size=0))
     assert rejected.value.status == 400
     assert "window_batch_size" in json.dumps(rejected.value.body)
-    # Rejected at /prompt by validate_inputs: a stride larger than the window.
-    with pytest.raises(PromptRejected) as rejected:
-        comfyui_server.queue_prompt(small(panorama, 256, 256, window_width=128, window_height=128, stride_x=256, stride_y=64))
-    assert rejected.value.status == 400
-    assert "stride_x" in json.dumps(rejected.value.body)
+    # Rejected at /prompt by validate_inputs: a stride larger than the window, and a stride below the schema
+    # minimum (validate_inputs names it, so it re-checks the range with its own message; issue [R] 14).
+    for stride, message in ((256, "stride_x=256 px must be at most window_width=128 px"),
+                            (0, "stride_x=0 px must be in [8, 16384] px")):
+        with pytest.raises(PromptRejected) as rejected:
+            comfyui_server.queue_prompt(small(panorama, 256, 256, window_width=128, window_height=128, stride_x=stride,
+                                              stride_y=64))
+        assert rejected.value.status == 400
+        assert message in json.dumps(rejected.value.body), rejected.value.body
     # Accepted at /prompt (the schema's step=8 is only a UI hint), fails at execution:
     # 132 px is not a multiple of the latent factor 8. (A window wider than the canvas is
     # clamped with a warning by design, so it is no longer an error.)

@@ -137,7 +137,7 @@ class TestLatentFusionSampler:
 
     def test_validate_inputs(self, host):
         _, node, *_ = host
-        assert "stride_x=600 px must be in" in node.validate_inputs(512, 512, 600, 128)
+        assert "stride_x=600 px must be at most window_width=512 px" in node.validate_inputs(512, 512, 600, 128)
         assert node.validate_inputs(512, 512, 128, 128) is True
 
 
@@ -172,3 +172,101 @@ class TestRejections:
         guider.conds = {"positive": [{"control": object(), "model_conds": {}}], "negative": []}
         with pytest.raises(ValueError, match="ControlNet.*Vista Tiled Diffusion"):
             reject_unsupported(guider, None)
+
+
+def two_prompts(comfy, clip_texts=("a red desert", "a snowy forest")):
+    from host import encode, load_checkpoint
+
+    _, clip, _ = load_checkpoint()
+    prompts = [encode(clip, t) for t in clip_texts]
+    both = [[torch.cat([p[0][0] for p in prompts]), {"pooled_output": torch.cat([p[0][1]["pooled_output"] for p in prompts])}]]
+    return prompts, both
+
+
+def guided_sample(comfy, model, sampler, positive, negative, noise, steps=2, seed=SEED):
+    guider = comfy.samplers.CFGGuider(model)
+    guider.set_conds(positive, negative)
+    guider.set_cfg(CFG)
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "normal", steps).cpu()
+    return guider.sample(noise, torch.zeros_like(noise), sampler, sigmas, disable_pbar=True, seed=seed)
+
+
+def mad_model(model, tau):
+    from vista.nodes.mad import VistaMADAttention
+
+    return VistaMADAttention.execute(model, tau=tau, input_blocks=True, middle_block=True, output_blocks=True).result[0]
+
+
+class TestBatchOrder:
+    """Issue [R] 8: ComfyUI repeats a CONDITIONING of batch B to a larger batch by tiling it (c0, c1, c0, …);
+    the window batches are window-major so every window of sample b meets prompt b, with and without MAD."""
+
+    @pytest.mark.parametrize("tau", [0.0, 1.0])
+    def test_two_prompts_reach_their_own_samples(self, host, tau):
+        comfy, node, _, model, pos, neg = host
+        prompts, both = two_prompts(comfy)
+        m = mad_model(model, tau) if tau else model
+        sampler = fusion_sampler(node, window_batch_size=2)
+        noise = comfy.sample.prepare_noise(torch.zeros(2, 4, 32, 48), 9)
+        batch = guided_sample(comfy, m, sampler, both, neg, noise)
+        for b in range(2):
+            single = guided_sample(comfy, m, sampler, prompts[b], neg, noise[b : b + 1])
+            assert (batch[b : b + 1] - single).abs().max().item() <= 1e-4 * single.abs().max().item(), (tau, b)
+
+
+class TestMADPerStep:
+    def test_all_windows_in_one_call_only_while_mad_is_active(self, host):
+        """Issue [R] 7: MAD active for the first round(tau x steps) steps (all windows per call), then the user's
+        window_batch_size again. UNet batch sizes recorded by a DIFFUSION_MODEL wrapper (cond + uncond = 2x)."""
+        comfy, node, _, model, pos, neg = host
+        import comfy.patcher_extension
+
+        m = mad_model(model, 0.5).clone()
+        batches = []
+
+        def record(executor, x, *args, **kwargs):
+            batches.append(x.shape[0])
+            return executor(x, *args, **kwargs)
+
+        m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "vista_test_batches", record)
+        sampler = fusion_sampler(node, window_batch_size=1)  # 32x48 latent, window 32, stride 16: 2 windows
+        sample_custom(comfy, m, sampler, pos, neg, 32, 48, steps=4)
+        assert batches == [4, 4] + [2, 2] * 2  # steps 0-1: one call of 2 windows; steps 2-3: two calls of 1
+
+
+class TestFlowMatching:
+    """Issue [R] 10: flow-matching models (CONST sampling; via the host's own ModelSamplingSD3 node here)."""
+
+    @pytest.fixture(scope="class")
+    def flow_model(self, host):
+        from comfy_extras.nodes_model_advanced import ModelSamplingSD3
+
+        comfy, *_, model, pos, neg = host
+        return ModelSamplingSD3().patch(model, 3.0)[0]
+
+    def test_stochastic_step_refused(self, host, flow_model):
+        comfy, node, _, model, pos, neg = host
+        with pytest.raises(ValueError, match=r"^Vista Latent Fusion Sampler: eta=1.0 asks for stochastic .*flow-matching"):
+            sample_custom(comfy, flow_model, fusion_sampler(node, eta=1.0), pos, neg, 32, 32, steps=1)
+
+    def test_deterministic_step_equals_stock_euler(self, host, flow_model):
+        """eta 0 is exact for flow models: one window covering the canvas = ComfyUI's euler on the same model."""
+        comfy, node, _, model, pos, neg = host
+        fused = sample_custom(comfy, flow_model, fusion_sampler(node, window_width=256, window_height=256), pos, neg, 32, 32)
+        euler = sample_custom(comfy, flow_model, comfy.samplers.sampler_object("euler"), pos, neg, 32, 32)
+        assert torch.isfinite(fused).all()
+        assert (fused - euler).abs().max().item() <= 1e-5 * max(1.0, euler.abs().max().item())
+
+
+class TestStepNoise:
+    def test_step_noise_independent_of_initial_noise(self, host):
+        """Issue [R] 9 in the host: with the model's prediction cancelled (same initial noise, two step seeds),
+        the first step's noise is not the initial noise RandomNoise drew from the same seed."""
+        comfy, node, _, model, pos, neg = host
+        sampler = fusion_sampler(node, weight_mode="uniform", eta=1.0, window_width=256, window_height=256)
+        noise = comfy.sample.prepare_noise(torch.zeros(1, 4, 32, 32), SEED)
+        a = sample_custom(comfy, model, sampler, pos, neg, 32, 32, steps=4, seed=SEED, noise_seed=SEED, stop_after=1)
+        b = sample_custom(comfy, model, sampler, pos, neg, 32, 32, steps=4, seed=SEED + 100, noise_seed=SEED, stop_after=1)
+        step_noise_difference = (a - b).flatten()
+        r = torch.corrcoef(torch.stack([step_noise_difference, noise.flatten()]))[0, 1].item()
+        assert abs(r) < 5 / noise.numel() ** 0.5, r

@@ -58,10 +58,22 @@ class TestStyleAlignmentNode:
         picked = noise.generate_noise({"samples": torch.zeros(1, 4, 32, 64), "batch_index": [2]})
         assert torch.equal(picked[0], full[2])
 
-    def test_tile_larger_than_canvas_names_input(self, host):
+    def test_tile_larger_than_canvas_is_clamped_with_warning(self, host, caplog):
+        """Issue [R] 14 (d): one rule on every node for a window larger than the canvas: clamp it, warn naming the
+        input (as Vista Tiled Diffusion and the Latent Fusion Sampler do). One tile = the whole canvas."""
+        comfy, node, model = host
+        latent = {"samples": torch.zeros(1, 4, 64, 32)}
+        with caplog.at_level("WARNING"):
+            out = noise_node(node, model, window_width=512, alpha=1.0).generate_noise(latent)
+        assert "Vista Style Alignment: window_width=512 px is larger than the image/area width 256 px; using one " \
+               "tile of 256 px there" in caplog.text
+        clamped = noise_node(node, model, window_width=256, alpha=1.0).generate_noise(latent)
+        assert torch.equal(out, clamped)
+
+    def test_video_latent_refused(self, host):
         _, node, model = host
-        with pytest.raises(ValueError, match="window_width=512 px is larger than the image width 256 px"):
-            noise_node(node, model, window_width=512).generate_noise({"samples": torch.zeros(1, 4, 64, 32)})
+        with pytest.raises(ValueError, match=r"^Vista Style Alignment: latent_image must be an image latent"):
+            noise_node(node, model).generate_noise({"samples": torch.zeros(1, 16, 3, 32, 32)})
 
     def test_size_not_multiple_of_factor(self, host):
         _, node, model = host

@@ -20,7 +20,7 @@ def sample(comfy, model, positive, negative, height, width, steps=3, seed=7, sam
                                disable_pbar=True, seed=seed)
 
 
-def patch(node, model, **kw):
+def patch_model(node, model, **kw):
     args = dict(window_width=512, window_height=512, stride_x=128, stride_y=128, weight_mode="uniform",
                 wrap_x=False, window_batch_size=4)
     args.update(kw)
@@ -32,21 +32,21 @@ class TestTiledDiffusionNode:
         """One window covering the canvas = the unpatched KSampler, same seed (tolerance 1e-4)."""
         comfy, node, model, pos, neg = host
         plain = sample(comfy, model, pos, neg, 32, 32)
-        tiled = sample(comfy, patch(node, model, window_width=256, window_height=256), pos, neg, 32, 32)
+        tiled = sample(comfy, patch_model(node, model, window_width=256, window_height=256), pos, neg, 32, 32)
         assert (tiled - plain).abs().max().item() <= 1e-4
 
     @pytest.mark.parametrize("weight_mode, sampler", [("uniform", "dpmpp_2m"), ("gaussian", "euler_ancestral"),
                                                       ("guided", "heun")])
     def test_panorama_any_sampler(self, host, weight_mode, sampler):
         comfy, node, model, pos, neg = host
-        out = sample(comfy, patch(node, model, window_width=256, window_height=256, stride_x=64,
+        out = sample(comfy, patch_model(node, model, window_width=256, window_height=256, stride_x=64,
                                   weight_mode=weight_mode, wrap_x=weight_mode == "guided"), pos, neg, 32, 80, steps=2,
                      sampler=sampler)
         assert out.shape == (1, 4, 32, 80) and torch.isfinite(out).all()
 
     def test_input_model_not_modified(self, host):
         comfy, node, model, pos, neg = host
-        patch(node, model)
+        patch_model(node, model)
         assert "model_function_wrapper" not in model.model_options
 
     def test_chains_existing_wrapper(self, host):
@@ -59,7 +59,7 @@ class TestTiledDiffusionNode:
             return apply_model(args["input"], args["timestep"], **args["c"])
 
         inner.set_model_unet_function_wrapper(previous)
-        sample(comfy, patch(node, inner, window_width=256, window_height=256, stride_x=128), pos, neg, 32, 64, steps=1)
+        sample(comfy, patch_model(node, inner, window_width=256, window_height=256, stride_x=128), pos, neg, 32, 64, steps=1)
         assert seen and all(s[-2:] == (32, 32) for s in seen)
 
     def test_window_larger_than_canvas_is_clamped_with_warning(self, host, caplog):
@@ -68,7 +68,7 @@ class TestTiledDiffusionNode:
         comfy, node, model, pos, neg = host
         plain = sample(comfy, model, pos, neg, 32, 16, steps=1)
         with caplog.at_level("WARNING"):
-            tiled = sample(comfy, patch(node, model), pos, neg, 32, 16, steps=1)
+            tiled = sample(comfy, patch_model(node, model), pos, neg, 32, 16, steps=1)
         assert "window_width=512 px is larger than the image/area width 128 px" in caplog.text
         assert (tiled - plain).abs().max().item() <= 1e-4
 
@@ -83,7 +83,7 @@ class TestTiledDiffusionNode:
         mask = torch.zeros(1, 1, 32, 64)
         mask[..., 16:] = 1.0
         noise = comfy.sample.prepare_noise(latent, 1)
-        out = comfy.sample.sample(patch(node, model, window_width=256, window_height=256), noise, 2, 5.0, "euler",
+        out = comfy.sample.sample(patch_model(node, model, window_width=256, window_height=256), noise, 2, 5.0, "euler",
                                   "normal", pos + area, neg, latent, noise_mask=mask, disable_pbar=True, seed=1)
         assert torch.isfinite(out).all()
         assert (out[..., :8] - latent[..., :8]).abs().max().item() <= 1e-4  # unmasked columns keep the source
@@ -91,12 +91,110 @@ class TestTiledDiffusionNode:
     def test_size_not_multiple_of_factor(self, host):
         comfy, node, model, pos, neg = host
         with pytest.raises(ValueError, match="stride_x=100 px must be a positive multiple of 8"):
-            patch(node, model, stride_x=100)
+            patch_model(node, model, stride_x=100)
 
-    @pytest.mark.parametrize("kw, match", [(dict(stride_x=600), "stride_x=600 px must be in"),
-                                           (dict(window_height=32), "window_height=32 px must be in")])
-    def test_validate_inputs(self, host, kw, match):
+
+def wrapper_of(model):
+    """The Vista patch installed on a patched MODEL (its model_function_wrapper)."""
+    return model.model_options["model_function_wrapper"]
+
+
+def identity_call(x, sigma, c=None):
+    """A wrapper call whose model returns its input: the fused result must be the input again."""
+    return {"input": x, "timestep": sigma, "c": c or {"transformer_options": {}}, "cond_or_uncond": [0] * x.shape[0]}
+
+
+class TestPrecisionAndDevices:
+    @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+    @pytest.mark.parametrize("weight_mode", ["uniform", "gaussian", "guided"])
+    def test_half_precision_latents(self, host, dtype, weight_mode):
+        """Issue [R] 3: fp16/bf16 latents through the real patch. A constant canvas must fuse back to itself,
+        finite everywhere (fp16 gaussian weights used to underflow to 0 at the corners: 0/0 = NaN) and within
+        one rounding of the dtype (bf16 guided fusion of a constant was off by 1e-3)."""
+        comfy, node, model, pos, neg = host
+        patch = wrapper_of(patch_model(node, model, window_width=256, window_height=256, stride_x=64, stride_y=64,
+                                       weight_mode=weight_mode))
+        x = torch.full((2, 4, 48, 96), 0.7, dtype=dtype)
+        out = patch(lambda x, t, **c: x, identity_call(x, torch.ones(2, dtype=dtype)))
+        assert out.dtype == dtype and torch.isfinite(out).all()
+        assert (out.float() - 0.7).abs().max().item() <= 0.7 * torch.finfo(dtype).eps
+
+
+class TestStrideAlignment:
+    """Issue [R] 5: strides are honoured exactly unless this run needs the UNet grid (ControlNet residuals in the
+    call, or a Vista MAD patch on the model); then they are snapped down with a warning naming the input."""
+
+    def offsets(self, model):
+        (plan,) = wrapper_of(model).plans.plans.values()
+        return sorted({w.x for w in plan.windows})
+
+    def test_user_stride_kept_without_control_or_mad(self, host, caplog):
+        comfy, node, model, pos, neg = host
+        patched = patch_model(node, model, window_width=256, window_height=256, stride_x=104, stride_y=104)
+        with caplog.at_level("WARNING"):
+            sample(comfy, patched, pos, neg, 32, 80, steps=1)
+        assert self.offsets(patched) == [0, 13, 26, 39, 48]  # 104 px = 13 latent px, kept (the slim UNet's grid is 2)
+        assert "stride_x" not in caplog.text
+
+    def test_snapped_with_warning_under_mad(self, host, caplog):
+        comfy, node, model, pos, neg = host
+        from vista.nodes.mad import VistaMADAttention
+
+        patched = patch_model(node, model, window_width=256, window_height=256, stride_x=104, stride_y=104)
+        patched = VistaMADAttention.execute(patched, tau=1.0, input_blocks=True, middle_block=True, output_blocks=True).result[0]
+        with caplog.at_level("WARNING"):
+            sample(comfy, patched, pos, neg, 32, 80, steps=1)
+        assert self.offsets(patched) == [0, 12, 24, 36, 48]
+        assert "stride_x=104 px is not a multiple of the UNet grid 16 px, which a Vista MAD patch needs; using 96 px" \
+            in caplog.text
+
+
+class TestValidationPolicy:
+    """Issue [R] 14: one policy. Relations in validate_inputs with a hint that fits; wrong-rank latents refused
+    naming the node; core errors reach ComfyUI as plain ValueErrors (a pack exception type prints as a path)."""
+
+    @pytest.mark.parametrize("kw, message", [
+        (dict(stride_x=0), "stride_x=0 px must be in [8, 16384] px"),
+        (dict(stride_y=-64), "stride_y=-64 px must be in [8, 16384] px"),
+        (dict(stride_x=600), "stride_x=600 px must be at most window_width=512 px; a stride larger than the window "
+                             "leaves gaps between windows"),
+        (dict(window_width=32), "window_width=32 px must be in [64, 16384] px")])
+    def test_validate_inputs_hint_fits_the_failure(self, host, kw, message):
         _, node, *_ = host
         args = dict(window_width=512, window_height=512, stride_x=128, stride_y=128)
         args.update(kw)
-        assert match in node.validate_inputs(**args)
+        assert node.validate_inputs(**args) == f"Vista Tiled Diffusion: {message}"
+
+    def test_video_latent_refused_naming_the_node(self, host):
+        comfy, node, model, pos, neg = host
+        patch = wrapper_of(patch_model(node, model))
+        with pytest.raises(ValueError, match=r"^Vista Tiled Diffusion: the sampled latent must be an image latent "
+                                             r"of shape \(batch, channels, height, width\), got \(1, 16, 5, 32, 32\)"):
+            patch(lambda x, t, **c: x, identity_call(torch.zeros(1, 16, 5, 32, 32), torch.ones(1)))
+
+    def test_core_errors_are_plain_value_errors(self, host):
+        comfy, node, model, pos, neg = host
+        patch = wrapper_of(patch_model(node, model, window_batch_size=1))
+        patch.batch_size = 0  # a core precondition (window batch size >= 1) fails inside the patch
+        with pytest.raises(ValueError) as error:
+            patch(lambda x, t, **c: x, identity_call(torch.zeros(1, 4, 32, 32), torch.ones(1)))
+        assert type(error.value) is ValueError and str(error.value).startswith("Vista Tiled Diffusion: ")
+
+
+class TestPromptBatch:
+    def test_two_prompts_reach_their_own_samples(self, host):
+        """Issue [R] 8 (prediction route): a batch of two different prompts = two single-prompt runs."""
+        comfy, node, model, pos, neg = host
+        from host import encode, load_checkpoint
+
+        _, clip, _ = load_checkpoint()
+        prompts = [encode(clip, "a red desert"), encode(clip, "a snowy forest")]
+        both = [[torch.cat([p[0][0] for p in prompts]), {"pooled_output": torch.cat([p[0][1]["pooled_output"] for p in prompts])}]]
+        patched = patch_model(node, model, window_width=256, window_height=256, stride_x=64, stride_y=64)
+        latent = torch.zeros(2, 4, 32, 48)
+        noise = comfy.sample.prepare_noise(latent, 5)
+        batch = comfy.sample.sample(patched, noise, 2, 5.0, "euler", "normal", both, neg, latent, disable_pbar=True, seed=5)
+        for b in range(2):
+            single = comfy.sample.sample(patched, noise[b : b + 1], 2, 5.0, "euler", "normal", prompts[b], neg,
+                                         latent[b : b + 1], disable_pbar=True, seed=5)
+            assert (batch[b : b + 1] - single).abs().max().item() <= 1e-4 * single.abs().max().item()
