@@ -1,0 +1,53 @@
+"""Print one line per test tier and host from pytest JUnit XML reports; fail on failures or host-tier skips.
+
+Usage: python .ci/summary.py [--host-skips-fail] LABEL=REPORT.xml [LABEL=REPORT.xml ...]
+
+Tiers by test path: tests/core -> core, tests/host/test_e2e_* -> e2e, other tests/host -> node.
+With --host-skips-fail a skipped node or e2e test is a failure (CI has the hosts: a skip is not a pass).
+"""
+from __future__ import annotations
+
+import sys
+import xml.etree.ElementTree as ET
+from collections import Counter
+
+
+def tier(case: ET.Element) -> str:
+    name = (case.get("classname") or "") + "." + (case.get("file") or "")
+    if "tests.core" in name or "tests/core" in name:
+        return "core"
+    return "e2e" if "test_e2e" in name else "node"
+
+
+def outcome(case: ET.Element) -> str:
+    for tag in ("failure", "error", "skipped"):
+        if case.find(tag) is not None:
+            return "failed" if tag in ("failure", "error") else "skipped"
+    return "passed"
+
+
+def main(argv: list[str]) -> int:
+    strict = "--host-skips-fail" in argv
+    bad = False
+    for arg in (a for a in argv if not a.startswith("--")):
+        label, path = arg.split("=", 1)
+        try:
+            cases = ET.parse(path).getroot().iter("testcase")
+        except (OSError, ET.ParseError) as e:
+            print(f"CI summary: {label}: no report ({e})")
+            bad = True
+            continue
+        counts: dict[str, Counter] = {}
+        for case in cases:
+            counts.setdefault(tier(case), Counter())[outcome(case)] += 1
+        for name in ("core", "node", "e2e"):
+            if name not in counts:
+                continue
+            c = counts[name]
+            print(f"CI tier {name:<4} host {label:<8}: {c['passed']:4d} passed, {c['skipped']:3d} skipped, {c['failed']:3d} failed")
+            bad |= c["failed"] > 0 or (strict and name != "core" and c["skipped"] > 0)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
