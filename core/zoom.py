@@ -28,17 +28,21 @@ from kornia.geometry.transform import pyrup
 from tqdm.auto import trange
 
 from .checks import check, check_range, check_shape
+from .noise_streams import step_generator
 
 __all__ = [
     "ZOOM_FACTORS",
+    "ZoomSettings",
     "check_stack",
     "aligned_depth",
     "center_crop",
     "area_down",
+    "paste_center",
     "render_stack",
     "render_image",
     "render_noise",
     "zoom_noise",
+    "check_zoom_noise",
     "blend_stack",
     "photo_loss",
     "photo_guidance",
@@ -50,7 +54,28 @@ __all__ = [
 ZOOM_FACTORS: tuple[int, ...] = (2, 4)
 
 
-def check_stack(stack: torch.Tensor, p: int, name: str = "stack") -> None:
+@dataclass(frozen=True)
+class ZoomSettings:
+    """The two numbers every part of one zoom stack must agree on (paper §4.1).
+
+    ``p``: zoom factor between consecutive levels (2 or 4; level ``i`` is zoom ``p^i``);
+    ``levels``: ``N``, the number of levels (= prompts = latent batch = decoded images).
+    Made once and handed to every consumer, so noise, sampler, composite and video cannot
+    disagree.
+
+    >>> ZoomSettings(2, 4)
+    ZoomSettings(p=2, levels=4)
+    """
+
+    p: int
+    levels: int
+
+    def __post_init__(self):
+        check(self.p in ZOOM_FACTORS, f"zoom factor p must be one of {ZOOM_FACTORS}, got {self.p!r}")
+        check(isinstance(self.levels, int) and self.levels >= 1, f"levels must be an integer >= 1, got {self.levels!r}")
+
+
+def check_stack(stack: torch.Tensor, p: int, name: str = "stack", unit: str = "latent px") -> None:
     """Check a zoom stack ``(N, C, H, W)`` and its zoom factor ``p``.
 
     Rule: ``p`` in :data:`ZOOM_FACTORS`; ``N >= 1``; with ``N >= 2`` levels ``H`` and ``W``
@@ -63,7 +88,7 @@ def check_stack(stack: torch.Tensor, p: int, name: str = "stack") -> None:
     n, _, h, w = stack.shape
     check(n >= 1, f"{name} must have at least one zoom level, got N={n}")
     check(n == 1 or (h % (2 * p) == 0 and w % (2 * p) == 0),
-          f"{name} height and width must be divisible by 2·p = {2 * p} (latent px) for a {n}-level "
+          f"{name} height and width must be divisible by 2·p = {2 * p} ({unit}) for a {n}-level "
           f"zoom stack, got {h}x{w}")
 
 
@@ -112,8 +137,16 @@ def area_down(x: torch.Tensor, scale: int) -> torch.Tensor:
     return x if scale == 1 else F.avg_pool2d(x, scale)
 
 
-def _paste_center(x: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
-    """Copy of ``x (..., H, W)`` with its centre replaced by ``inner (..., h, w)``."""
+def paste_center(x: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
+    """Copy of ``x`` with its centre replaced by ``inner`` (the inverse of :func:`center_crop`).
+
+    Convention: the block starts at ``((H - h) // 2, (W - w) // 2)``; the input is not modified.
+
+    Shape: ``x (..., H, W)``, ``inner (..., h, w)`` → ``(..., H, W)``.
+
+    >>> paste_center(torch.zeros(4, 4), torch.ones(2, 2))[1].tolist()
+    [0.0, 1.0, 1.0, 0.0]
+    """
     h, w = x.shape[-2:]
     top, left = (h - inner.shape[-2]) // 2, (w - inner.shape[-1]) // 2
     out = x.clone()
@@ -126,7 +159,7 @@ def _render(stack: torch.Tensor, p: int, gain: float) -> torch.Tensor:
     levels = [stack[-1]]
     for layer in reversed(stack[:-1]):
         inner = gain * area_down(levels[-1][None], p)[0]
-        levels.append(_paste_center(layer, inner))
+        levels.append(paste_center(layer, inner))
     return torch.stack(levels[::-1])
 
 
@@ -204,6 +237,29 @@ def zoom_noise(shape: tuple[int, ...], p: int, generator: torch.Generator, *, dt
     check(len(shape) == 4, f"shape must be (N, C, H, W), got {tuple(shape)}")
     layers = torch.randn(tuple(shape), generator=generator, dtype=torch.float32, device="cpu")
     return render_noise(layers, p).to(device=device, dtype=dtype)
+
+
+def check_zoom_noise(noise: torch.Tensor, p: int, name: str = "noise", rtol: float = 1e-2) -> None:
+    """Check that ``noise`` is zoom-consistent for ``p`` (paper Alg. 1 line 4, ``Π_noise``).
+
+    Rule: for every level ``i``, the central ``H/p x W/p`` block of ``noise[i]`` equals
+    ``p · area_down(noise[i+1], p)`` up to ``rtol`` of the noise's largest magnitude (room for
+    float16 rounding). Noise drawn for another ``p``, or plain i.i.d. noise, differs by
+    ``O(1)`` almost everywhere. All-zero noise (no noise added) passes.
+
+    Shape: ``noise (N, C, H, W)``.
+
+    >>> check_zoom_noise(zoom_noise((3, 1, 16, 16), 4, torch.Generator().manual_seed(0)), 4)
+    """
+    check_stack(noise, p, name)
+    if noise.shape[0] < 2:
+        return
+    x = noise.float()
+    error = (center_crop(x[:-1], p) - p * area_down(x[1:], p)).abs().amax().item()
+    scale = max(1.0, x.abs().amax().item())
+    check(error <= rtol * scale,
+          f"{name} is not zoom-consistent for zoom factor p={p}: a level's centre differs from the next level's "
+          f"area-downscaled noise × p by up to {error:.3g}; draw it for the same p (Alg. 1, Π_noise)")
 
 
 # --- §4.2 multi-resolution blending -----------------------------------------------------
@@ -399,33 +455,46 @@ def _check_sampler(x: torch.Tensor, sigmas: torch.Tensor, p: int, eta: float, ph
 
 def sample_zoom_stack(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
                       callback: Callable | None = None, disable: bool | None = None, *, p: int, eta: float = 1.0,
-                      s_noise: float = 1.0, photo_guidance: PhotoZoom | None = None) -> torch.Tensor:
+                      s_noise: float = 1.0, photo_guidance: PhotoZoom | None = None,
+                      before_step: Callable[[], None] | None = None) -> torch.Tensor:
     """Multi-scale joint sampling of a zoom stack (paper Alg. 2), k-diffusion sampler form.
 
     Per step: predict every level's ``x̂_i`` from its own noisy image, optionally apply photo
     guidance (§4.4), blend the estimates into one stack (§4.2), render it (Alg. 1), then take
     an ancestral (DDPM-like for ``eta = 1``) step per level towards its render, with
-    zoom-consistent noise ``Π_noise`` drawn from ``extra_args["seed"]``. A step to sigma 0
-    returns the rendered blended estimate, so the output is render-consistent.
+    zoom-consistent noise ``Π_noise``. A step to sigma 0 returns the rendered blended
+    estimate, so the output is render-consistent.
+
+    Convention (randomness): the step noise comes from
+    :func:`~core.noise_streams.step_generator` of ``extra_args["seed"]``, a stream independent
+    of the initial noise that a NOISE drew from the same seed (seeding both alike would make
+    the first step's noise the initial noise again, and the noisy stack after step 1 would
+    carry it twice).
+
+    The step is the k-diffusion (variance-exploding) ancestral step, ``x = x0 + sigma·eps``;
+    for flow-matching models (``x = (1 - sigma)·x0 + sigma·eps``) only ``eta = 0`` is exact.
 
     Args:
         model: ``model(x, sigma * ones(N), **extra_args) -> x̂`` (each level's own prompt).
         x: noisy zoom stack, already scaled by ``sigmas[0]``.
         sigmas: noise levels, decreasing.
-        extra_args: passed unopened to ``model``; ``"seed"`` (default 0) seeds the noise.
+        extra_args: passed unopened to ``model``; ``"seed"`` (default 0) seeds the step noise.
         callback: called once per step with ``{x, i, sigma, sigma_hat, denoised}``.
         disable: disable the progress bar.
         p: zoom factor, 2 or 4.
         eta, s_noise: ancestral noise amount and scale.
         photo_guidance: optional :class:`PhotoZoom`.
+        before_step: called at the start of every step (interrupt checks).
 
     Shape: ``x (N, C, H, W)`` → ``(N, C, H, W)``.
     """
     extra_args = {} if extra_args is None else extra_args
     _check_sampler(x, sigmas, p, eta, photo_guidance)
-    generator = torch.Generator().manual_seed(int(extra_args.get("seed") or 0))
+    generator = step_generator(extra_args.get("seed"))  # CPU, like zoom_noise: same seed, same stack everywhere
     s_in, total = x.new_ones(x.shape[0]), len(sigmas) - 1
     for i in trange(total, disable=disable):
+        if before_step is not None:
+            before_step()
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
         x0_hats = model(x, sigmas[i] * s_in, **extra_args)
         if photo_guidance is not None and photo_guidance.active(i, total):

@@ -1,34 +1,46 @@
-"""Glue between ComfyUI and core/zoom.py: stacked prompts, zoom noise, the zoom-stack sampler function.
+"""Glue between ComfyUI and core/zoom.py: stacked prompts, zoom noise, the zoom-stack SAMPLER.
 
 Generative Powers of Ten (Wang et al. 2024). A zoom stack of N levels is one LATENT of
 batch N (level 0 = most zoomed-out). Each level gets its own prompt through ComfyUI's
 ordinary batching: a CONDITIONING whose tensors have batch N is split per batch item by
 ``comfy.utils.repeat_to_batch_size`` (conds.CONDRegular.process_cond, v0.3.64 and v0.33.0),
-so all levels are denoised in one batched UNet call with CFG unchanged.
+so all levels are denoised in one batched UNet call with CFG unchanged. Every part of one stack
+takes the same :class:`~core.zoom.ZoomSettings` (p, levels) from Vista Zoom Settings.
 """
 from __future__ import annotations
 
 import math
 
+import comfy.samplers
 import torch
 
 from ..core.checks import VistaInputError
-from ..core.zoom import ZOOM_FACTORS, PhotoZoom, sample_zoom_stack, zoom_noise
-from ._common import throw_if_interrupted
+from ..core.zoom import ZOOM_FACTORS, PhotoZoom, ZoomSettings, check_zoom_noise, sample_zoom_stack, zoom_noise
+from ._common import check_image_latent, core_error, latent_factor, refuse_stochastic_flow, throw_if_interrupted
 
 SAMPLER_NODE = "Vista Zoom Stack Sampler"
 NOISE_NODE = "Vista Zoom Noise"
 PROMPTS_NODE = "Vista Zoom Prompts"
+SETTINGS_NODE = "Vista Zoom Settings"
+LINK_LEVELS = f"link {SETTINGS_NODE}' levels output to the EmptyLatentImage batch_size"
 PROMPT_COUNT_KEY = "vista_zoom_prompts"  # CONDITIONING dict key: the number of stacked level prompts
 ZOOM_OPTIONS = [str(p) for p in ZOOM_FACTORS]
 
 
-def split_prompts(text: str) -> list[str]:
-    """One prompt per non-blank line, stripped (level 0 = first line = most zoomed-out)."""
+def split_prompts(text: str, levels: int) -> list[str]:
+    """One prompt per non-blank line, stripped (level 0 = first line = most zoomed-out); one per level."""
     prompts = [line.strip() for line in text.splitlines() if line.strip()]
-    if not prompts:
-        raise ValueError(f"{PROMPTS_NODE}: prompts must hold at least one non-blank line (one prompt per zoom level)")
+    if len(prompts) != levels:
+        raise ValueError(f"{PROMPTS_NODE}: prompts has {len(prompts)} non-blank lines but the zoom settings have "
+                         f"levels={levels}; write one prompt line per zoom level, or set levels to {len(prompts)} "
+                         f"on {SETTINGS_NODE}")
     return prompts
+
+
+def check_levels(node: str, name: str, batch: int, settings: ZoomSettings, fix: str) -> None:
+    """A consumer's batch (latent or image levels) must be the settings' level count."""
+    if batch != settings.levels:
+        raise ValueError(f"{node}: {name} has batch {batch} but the zoom settings have levels={settings.levels}; {fix}")
 
 
 def _pad_tokens(conds: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -69,26 +81,19 @@ class ZoomNoise:
     CPU from ``seed`` (same seed, same noise on every device).
     """
 
-    def __init__(self, seed: int, p: int):
-        self.seed, self.p = seed, p
+    def __init__(self, seed: int, settings: ZoomSettings):
+        self.seed, self.settings = seed, settings
 
     def generate_noise(self, input_latent: dict) -> torch.Tensor:
         samples = input_latent["samples"]
-        if samples.is_nested or samples.ndim != 4:
-            raise ValueError(f"{NOISE_NODE}: the latent must be an image latent (N, C, H, W), got {tuple(samples.shape)}")
+        check_image_latent(NOISE_NODE, "the latent (SamplerCustomAdvanced latent_image)", samples)
+        check_levels(NOISE_NODE, "the latent (SamplerCustomAdvanced latent_image)", samples.shape[0], self.settings,
+                     LINK_LEVELS)
+        generator = torch.Generator().manual_seed(self.seed)
         try:
-            return zoom_noise(tuple(samples.shape), self.p, torch.Generator().manual_seed(self.seed), dtype=samples.dtype)
+            return zoom_noise(tuple(samples.shape), self.settings.p, generator, dtype=samples.dtype)
         except VistaInputError as e:
-            raise ValueError(f"{NOISE_NODE}: {e}; use an image size divisible by 2·zoom_factor latent px") from e
-
-
-def _guider(model):
-    """The guider behind KSAMPLER's model wrapper (``KSamplerX0Inpaint.inner_model``, both hosts)."""
-    guider = getattr(model, "inner_model", None)
-    if getattr(guider, "model_patcher", None) is None:
-        raise ValueError(f"{SAMPLER_NODE}: run this sampler through SamplerCustomAdvanced (or SamplerCustom); "
-                         f"it needs the guider's model")
-    return guider
+            raise core_error(NOISE_NODE, f"{e}; use an image size divisible by 2·zoom_factor latent px") from e
 
 
 def prompt_counts(guider) -> dict[str, int]:
@@ -103,37 +108,40 @@ def prompt_counts(guider) -> dict[str, int]:
     return counts
 
 
-def _size(h: int, w: int, factor: int | None) -> str:
-    """``"WxH latent px (W·f x H·f px)"``; the pixel size only where the host reports the factor."""
-    return f"{w}x{h} latent px" + (f" ({w * factor}x{h * factor} px)" if factor else "")
+def _size(h: int, w: int, factor: int) -> str:
+    """``"WxH latent px (W·f x H·f px)"``."""
+    return f"{w}x{h} latent px ({w * factor}x{h * factor} px)"
 
 
-def latent_factor(guider) -> int | None:
-    """Image px per latent px: ``latent_format.spacial_downscale_ratio`` (v0.33.0; absent on v0.3.64)."""
-    ratio = getattr(guider.model_patcher.get_model_object("latent_format"), "spacial_downscale_ratio", None)
-    return int(ratio) if isinstance(ratio, (int, float)) else None
-
-
-def check_sampling_inputs(x: torch.Tensor, p: int, guider, factor: int | None, denoise_mask) -> None:
-    """Stack size, per-level prompt count and masks, each error naming the input to fix."""
-    if x.is_nested or x.ndim != 4:
-        raise ValueError(f"{SAMPLER_NODE}: latent_image must be an image latent (N, C, H, W), got {tuple(x.shape)}")
+def check_sampling_inputs(x: torch.Tensor, settings: ZoomSettings, guider, factor: int, denoise_mask) -> None:
+    """Stack size and level count, per-level prompt count and masks, each error naming the input to fix."""
+    check_image_latent(SAMPLER_NODE, "latent_image", x)
     n, _, h, w = x.shape
+    p = settings.p
+    check_levels(SAMPLER_NODE, "latent_image", n, settings, LINK_LEVELS)
     if n > 1 and (h % (2 * p) or w % (2 * p)):
         raise ValueError(f"{SAMPLER_NODE}: latent_image is {_size(h, w, factor)}; with zoom_factor={p} width and "
-                         f"height must be multiples of 2·zoom_factor = {2 * p} latent px"
-                         + (f" ({2 * p * factor} px)" if factor else ""))
+                         f"height must be multiples of 2·zoom_factor = {2 * p} latent px ({2 * p * factor} px)")
     for name, count in prompt_counts(guider).items():
         if count != n:
             raise ValueError(f"{SAMPLER_NODE}: the {name} conditioning has {count} zoom prompts but latent_image has "
-                             f"batch {n} (zoom levels); set the EmptyLatentImage batch_size to {count} "
-                             f"or give one prompt line per level")
+                             f"batch {n} (zoom levels); give one prompt line per level (Vista Zoom Prompts with the "
+                             f"same {SETTINGS_NODE})")
     if denoise_mask is not None:
         raise ValueError(f"{SAMPLER_NODE}: latent_image has a noise_mask; zoom stacks are always denoised whole, "
                          f"remove the SetLatentNoiseMask")
 
 
-def photo_zoom(guider, photo: dict | None, x: torch.Tensor, factor: int | None, settings: dict) -> PhotoZoom | None:
+def check_noise(noise: torch.Tensor, p: int) -> None:
+    """The initial noise must be zoom-consistent for this sampler's p (Vista Zoom Noise of the same settings)."""
+    try:
+        check_zoom_noise(noise, p)
+    except VistaInputError as e:
+        raise ValueError(f"{SAMPLER_NODE}: the noise input of SamplerCustomAdvanced: {e}. Connect {NOISE_NODE} fed by "
+                         f"the same {SETTINGS_NODE} as this sampler") from e
+
+
+def photo_zoom(guider, photo: dict | None, x: torch.Tensor, factor: int, settings: dict) -> PhotoZoom | None:
     """The photo LATENT (VAEEncode output) in the model's sampling space, as core's PhotoZoom.
 
     KSAMPLER's x and the model's x0 live in the processed latent space: CFGGuider.inner_sample
@@ -144,7 +152,8 @@ def photo_zoom(guider, photo: dict | None, x: torch.Tensor, factor: int | None, 
     if photo is None:
         return None
     samples, level_shape = photo["samples"], tuple(x.shape[1:])
-    if samples.ndim != 4 or samples.shape[0] != 1 or tuple(samples.shape[1:]) != tuple(level_shape):
+    check_image_latent(SAMPLER_NODE, "photo", samples)
+    if samples.shape[0] != 1 or tuple(samples.shape[1:]) != tuple(level_shape):
         c, h, w = level_shape
         raise ValueError(f"{SAMPLER_NODE}: photo must be one VAE-encoded image of the zoom level size "
                          f"{_size(h, w, factor)}, {c} channels, got a latent of shape {tuple(samples.shape)}; "
@@ -153,21 +162,27 @@ def photo_zoom(guider, photo: dict | None, x: torch.Tensor, factor: int | None, 
     return PhotoZoom(processed[0].to(x.dtype), **settings)
 
 
-def zoom_stack_sampler(model, x, sigmas, extra_args=None, callback=None, disable=None, *, p: int, eta: float,
-                       s_noise: float, photo: dict | None = None, photo_settings: dict | None = None):
-    """k-diffusion sampler form of core's ``sample_zoom_stack`` for ``comfy.samplers.KSAMPLER``."""
-    extra_args = {} if extra_args is None else extra_args
-    guider = _guider(model)
-    factor = latent_factor(guider)
-    check_sampling_inputs(x, p, guider, factor, extra_args.get("denoise_mask"))
-    guidance = photo_zoom(guider, photo, x, factor, photo_settings or {})
+class ZoomStackSampler(comfy.samplers.Sampler):
+    """A SAMPLER for SamplerCustomAdvanced: checks the stack against the guider it is handed, then runs
+    :func:`core.zoom.sample_zoom_stack` through ComfyUI's own ``KSAMPLER`` plumbing (noise scaling,
+    callback/previews, inverse scaling)."""
 
-    def denoise(x_t, sigma, **kwargs):
-        throw_if_interrupted()
-        return model(x_t, sigma, **kwargs)
+    def __init__(self, settings: ZoomSettings, eta: float, s_noise: float, photo: dict | None, photo_settings: dict):
+        self.settings, self.eta, self.s_noise = settings, eta, s_noise
+        self.photo, self.photo_settings = photo, photo_settings
 
-    try:
-        return sample_zoom_stack(denoise, x, sigmas, extra_args, callback, disable, p=p, eta=eta, s_noise=s_noise,
-                                 photo_guidance=guidance)
-    except VistaInputError as e:
-        raise ValueError(f"{SAMPLER_NODE}: {e}") from e
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+               disable_pbar=False):
+        patcher = model_wrap.model_patcher
+        factor = latent_factor(patcher)
+        check_sampling_inputs(noise, self.settings, model_wrap, factor, denoise_mask)
+        refuse_stochastic_flow(SAMPLER_NODE, patcher, self.eta)
+        guidance = photo_zoom(model_wrap, self.photo, noise, factor, self.photo_settings)
+        check_noise(noise, self.settings.p)
+        options = {"p": self.settings.p, "eta": self.eta, "s_noise": self.s_noise, "photo_guidance": guidance,
+                   "before_step": throw_if_interrupted}
+        inner = comfy.samplers.KSAMPLER(sample_zoom_stack, extra_options=options)
+        try:
+            return inner.sample(model_wrap, sigmas, extra_args, callback, noise, latent_image, denoise_mask, disable_pbar)
+        except VistaInputError as e:
+            raise core_error(SAMPLER_NODE, e) from e

@@ -8,12 +8,15 @@ from denoisers import TinyConvDenoiser
 from vista.core.checks import VistaInputError
 from vista.core.zoom import (
     PhotoZoom,
+    ZoomSettings,
     aligned_depth,
     ancestral_sigmas,
     area_down,
     blend_stack,
     center_crop,
     check_stack,
+    check_zoom_noise,
+    paste_center,
     photo_guidance,
     photo_loss,
     render_image,
@@ -22,7 +25,8 @@ from vista.core.zoom import (
     sample_zoom_stack,
     zoom_noise,
 )
-from vista.core.zoom_video import frame_count, zoom_video_frames
+from vista.core.zoom_composite import composite_levels
+from vista.core.zoom_video import frame_count, level_weight, zoom_video_frames
 
 CASES = [(n, p) for p in (2, 4) for n in (1, 2, 3, 4)]
 
@@ -78,8 +82,32 @@ class TestCheckStack:
 
     @pytest.mark.parametrize("h,w,p", [(6, 8, 2), (8, 10, 2), (12, 16, 4)])
     def test_exception_size(self, h, w, p):
-        with pytest.raises(VistaInputError, match=f"divisible by 2·p = {2 * p}"):
+        with pytest.raises(VistaInputError, match=fr"divisible by 2·p = {2 * p} \(latent px\)"):
             check_stack(torch.zeros(2, 4, h, w), p)
+
+    def test_exception_size_names_the_unit(self):
+        with pytest.raises(VistaInputError, match=r"images height and width must be divisible by 2·p = 4 \(px\)"):
+            check_stack(torch.zeros(2, 3, 6, 8), 2, "images", unit="px")
+
+
+class TestZoomSettings:
+    def test_holds_p_and_levels(self):
+        settings = ZoomSettings(4, 3)
+        assert (settings.p, settings.levels) == (4, 3)
+
+    def test_frozen(self):
+        with pytest.raises(AttributeError):
+            ZoomSettings(2, 4).p = 4
+
+    @pytest.mark.parametrize("p", [1, 3, 8])
+    def test_exception_zoom_factor(self, p):
+        with pytest.raises(VistaInputError, match="zoom factor p must be one of"):
+            ZoomSettings(p, 4)
+
+    @pytest.mark.parametrize("levels", [0, -1, 2.0])
+    def test_exception_levels(self, levels):
+        with pytest.raises(VistaInputError, match="levels must be an integer >= 1"):
+            ZoomSettings(2, levels)
 
 
 class TestAlignedDepth:
@@ -102,6 +130,16 @@ class TestCenterCrop:
     def test_exception_not_whole_pixels(self):
         with pytest.raises(VistaInputError, match="no whole-pixel central 1/2 block"):
             center_crop(torch.zeros(6, 6), 2)
+
+
+class TestPasteCenter:
+    def test_inverse_of_center_crop(self):
+        x, inner = torch.zeros(1, 8, 12), torch.randn(1, 4, 6, generator=torch.Generator().manual_seed(0))
+        out = paste_center(x, inner)
+        assert torch.equal(center_crop(out, 2), inner)
+        ring = torch.ones(8, 12, dtype=torch.bool)
+        ring[2:6, 3:9] = False
+        assert out[:, ring].abs().sum() == 0 and x.abs().sum() == 0  # ring unchanged, input untouched
 
 
 class TestAreaDown:
@@ -211,6 +249,26 @@ class TestZoomNoise:
     def test_exception(self):
         with pytest.raises(VistaInputError, match=r"shape must be \(N, C, H, W\)"):
             zoom_noise((2, 16, 16), 2, torch.Generator())
+
+
+class TestCheckZoomNoise:
+    @pytest.mark.parametrize("n,p", CASES)
+    def test_accepts_zoom_noise(self, n, p):
+        check_zoom_noise(zoom_noise((n, 4, aligned_size(n, p), aligned_size(n, p)), p, torch.Generator().manual_seed(1)), p)
+
+    def test_accepts_float16_and_zero_noise(self):
+        check_zoom_noise(zoom_noise((3, 4, 16, 16), 2, torch.Generator().manual_seed(2), dtype=torch.float16), 2)
+        check_zoom_noise(torch.zeros(3, 4, 16, 16), 4)
+
+    @pytest.mark.parametrize("drawn,checked", [(2, 4), (4, 2)])
+    def test_exception_other_zoom_factor(self, drawn, checked):
+        noise = zoom_noise((3, 4, 32, 32), drawn, torch.Generator().manual_seed(3))
+        with pytest.raises(VistaInputError, match=f"noise is not zoom-consistent for zoom factor p={checked}"):
+            check_zoom_noise(noise, checked)
+
+    def test_exception_iid_noise(self):
+        with pytest.raises(VistaInputError, match="not zoom-consistent"):
+            check_zoom_noise(torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(4)), 2)
 
 
 class TestBlendStack:
@@ -360,6 +418,14 @@ class TestSampleZoomStack:
         print(f"|level0 - photo|: without guidance {free:.3f}, with guidance {guided:.3f}")
         assert guided < 0.8 * free
 
+    def test_before_step_once_per_step(self):
+        calls = []
+        den = TinyConvDenoiser(channels=4, seed=1, dtype=torch.float32)
+        x = zoom_noise((2, 4, 8, 8), 2, torch.Generator().manual_seed(0)) * 3.0
+        sample_zoom_stack(model_fn(den), x, torch.linspace(3.0, 0.0, 5), {}, None, True, p=2,
+                          before_step=lambda: calls.append(1))
+        assert len(calls) == 4
+
     def test_exception_sigmas(self):
         with pytest.raises(VistaInputError, match="sigmas must be a 1-D schedule"):
             sample_zoom_stack(lambda x, s: x, torch.zeros(2, 4, 8, 8), torch.zeros(2, 2), p=2)
@@ -389,6 +455,32 @@ class TestSampleZoomStack:
                               photo_guidance=PhotoZoom(torch.zeros(4, 8, 8), until=1.5))
 
 
+class TestStepNoiseStream:
+    """Issue [R] 9: the step noise must not replay the initial noise drawn from the same seed."""
+
+    @pytest.mark.parametrize("seed", [0, 7, 123456789])
+    def test_first_step_noise_independent_of_initial_noise(self, seed):
+        n, p, h = 4, 2, 32
+        initial = zoom_noise((n, 4, h, h), p, torch.Generator().manual_seed(seed), dtype=torch.float64)
+        sigma, sigma_next = 2.0, 1.0
+        zero = lambda x, s, **extra: torch.zeros_like(x)  # denoised = 0: the step is (σ_down/σ) x + σ_up ε
+        x1 = sample_zoom_stack(zero, initial * sigma, torch.tensor([sigma, sigma_next], dtype=torch.float64),
+                               {"seed": seed}, None, True, p=p)
+        down, up = ancestral_sigmas(sigma, sigma_next)
+        step_noise = (x1 - (down / sigma) * initial * sigma) / up
+        corr = torch.corrcoef(torch.stack([step_noise.flatten(), initial.flatten()]))[0, 1].item()
+        # Each level's outer ring (3/4 of it at p = 2) is i.i.d., so at least 3/4 of the values are independent.
+        se = (0.75 * initial.numel()) ** -0.5
+        print(f"seed {seed}: corr(step-1 noise, initial noise) = {corr:+.4f} (standard error {se:.4f})")
+        assert abs(corr) < 5 * se
+
+    def test_step_noise_still_seeded(self):
+        zero = lambda x, s, **extra: torch.zeros_like(x)
+        x = torch.zeros(2, 4, 8, 8)
+        run = lambda seed: sample_zoom_stack(zero, x, torch.tensor([2.0, 1.0]), {"seed": seed}, None, True, p=2)
+        assert torch.equal(run(3), run(3)) and not torch.equal(run(3), run(4))
+
+
 class TestZoomVideoFrames:
     def renders(self, n=3, p=2, h=16):
         layers = torch.rand(n, 3, h, h, generator=torch.Generator().manual_seed(30), dtype=torch.float64)
@@ -412,6 +504,48 @@ class TestZoomVideoFrames:
         half = zoom_video_frames(images, 2, 2)[1, ..., 0]  # z = 0.5: level 1 spans 16/sqrt(2) ≈ 11 px
         assert half[8, 8] == 1 and half[7, 7] == 1 and half[0, 0] == 0 and half[1, 8] == 0
 
+    @pytest.mark.parametrize("p,h", [(2, 32), (4, 64)])
+    def test_feathered_integer_frames_are_the_renders(self, p, h):
+        images = self.renders(3, p, h)
+        frames = zoom_video_frames(images, p, 3, feather=h / (4 * p))
+        for k in range(3):
+            torch.testing.assert_close(frames[3 * k], images[k], atol=1e-6, rtol=0)
+
+    @pytest.mark.parametrize("p", [2, 4])
+    def test_feather_zero_is_the_hard_edge_video(self, p):
+        """feather 0 (the previous behaviour): every pixel from the deepest level containing it."""
+        n, h, fpl = 3, 32, 4
+        images = torch.arange(n, dtype=torch.float64)[:, None, None, None].expand(n, h, h, 1).contiguous()
+        frames = zoom_video_frames(images, p, fpl, feather=0)[..., 0]
+        u = ((torch.arange(h, dtype=torch.float64) * 2 + 1) / h - 1).abs()
+        radius = torch.maximum(u[:, None], u[None, :])  # |u|_inf of each pixel centre
+        for f in range(frames.shape[0]):
+            z = f / fpl
+            inside = torch.stack([radius * p ** (k - z) <= 1 for k in range(n)])  # level k contains the pixel
+            deepest = torch.where(inside, torch.arange(n)[:, None, None], -1).amax(0).clamp(min=int(z))
+            torch.testing.assert_close(frames[f], deepest.double(), atol=1e-9, rtol=0)
+
+    def test_feather_removes_the_hard_edge(self):
+        """Level 1 white on black level 0: no jump larger than one ramp step at level 1's edge."""
+        images = torch.zeros(2, 64, 64, 1, dtype=torch.float64)
+        images[1] = 1.0
+        for feather, max_step in ((0, 1.0), (8, 0.25)):
+            frame = zoom_video_frames(images, 2, 4, feather=feather)[1, ..., 0]  # z = 0.25
+            step = (frame[:, 1:] - frame[:, :-1]).abs().amax().item()
+            assert step == pytest.approx(max_step, abs=0.1) if feather == 0 else step <= max_step
+
+    def test_hand_over_without_jump(self):
+        """As z approaches the next level, the frame approaches that level's render (no jump at the switch)."""
+        images = torch.zeros(2, 64, 64, 1, dtype=torch.float64)
+        images[1] = 1.0
+        frames = zoom_video_frames(images, 2, 64, feather=8)
+        assert (frames[-2] - frames[-1]).abs().mean() < 0.05
+        assert (frames[-2] - frames[-1]).abs().mean() < 0.5 * (frames[1] - frames[0]).abs().mean() + 0.05
+
+    def test_exception_feather(self):
+        with pytest.raises(VistaInputError, match=r"feather=9 px must be in \[0, 8\] px for 64x64 px levels"):
+            zoom_video_frames(torch.zeros(2, 64, 64, 3), 2, 2, feather=9)
+
     def test_exception_p(self):
         with pytest.raises(VistaInputError, match="zoom factor p"):
             zoom_video_frames(torch.zeros(2, 8, 8, 3), 3, 2)
@@ -427,3 +561,21 @@ class TestZoomVideoFrames:
     def test_exception_frames_per_level(self):
         with pytest.raises(VistaInputError, match="frames_per_level must be >= 1, got 0"):
             zoom_video_frames(torch.zeros(2, 8, 8, 3), 2, 0)
+
+
+class TestLevelWeight:
+    def test_hard_edge_at_zero_ramp(self):
+        coords = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.01, 0.5], [0.5, -1.2]])
+        assert level_weight(coords, 16, 16, 2, 0.0).tolist() == [1.0, 1.0, 0.0, 0.0]
+
+    def test_ramp_in_parent_pixels(self):
+        """d = (1 − |x|)·W/2 level px = that / p parent px; weight d / ramp."""
+        coords = torch.tensor([[1 - 2 * 2 * 1 / 32, 0.0], [1 - 2 * 2 * 3 / 32, 0.0]])  # d = 1 and 3 parent px
+        torch.testing.assert_close(level_weight(coords, 32, 32, 2, 4.0), torch.tensor([0.25, 0.75]))
+
+    def test_matches_the_composite_ramp(self):
+        """At a whole level, the video's weight of the next level is the composite's feather ramp."""
+        images = torch.stack([torch.zeros(1, 32, 32), torch.ones(1, 32, 32)]).double()
+        composite = composite_levels(images, 2, 4)  # level 0's centre = the ramp itself
+        frame = zoom_video_frames(images.permute(0, 2, 3, 1), 2, 1, feather=4)[0, ..., 0]
+        torch.testing.assert_close(frame, composite[0, 0])

@@ -25,10 +25,17 @@ def host():
 _ENCODED = {}  # CLIP on 2 shared CPU cores is slow: encode each text once per session
 
 
-def prompts(nodes, clip, text=PROMPTS):
+def settings(nodes, zoom_factor="2", levels=4):
+    zoom, levels_out = nodes.VistaZoomSettings.execute(zoom_factor, levels).result
+    assert levels_out == levels
+    return zoom
+
+
+def prompts(nodes, clip, text=PROMPTS, zoom=None):
+    """Positive CONDITIONING of the prompt lines (settings with levels = the line count unless given)."""
+    zoom = zoom or settings(nodes, levels=len([line for line in text.splitlines() if line.strip()]))
     if (id(clip), text) not in _ENCODED:
-        out = nodes.VistaZoomPrompts.execute(clip, text).result
-        _ENCODED[id(clip), text] = out[0], out[1]
+        _ENCODED[id(clip), text] = nodes.VistaZoomPrompts.execute(zoom, clip, text).result[0]
     return _ENCODED[id(clip), text]
 
 
@@ -38,14 +45,14 @@ def negative(clip, text=""):
     return _ENCODED[id(clip), "negative", text]
 
 
-def sampler(nodes, zoom_factor="2", photo=None, **kw):
+def sampler(nodes, zoom, photo=None, **kw):
     args = dict(eta=1.0, s_noise=1.0, photo_steps=5, photo_lr=0.1, photo_until=0.8)
     args.update(kw)
-    return nodes.VistaZoomStackSampler.execute(zoom_factor, photo=photo, **args).result[0]
+    return nodes.VistaZoomStackSampler.execute(zoom, photo=photo, **args).result[0]
 
 
-def zoom_noise(nodes, seed=7, zoom_factor="2"):
-    return nodes.VistaZoomNoise.execute(seed, zoom_factor).result[0]
+def zoom_noise(nodes, zoom, seed=7):
+    return nodes.VistaZoomNoise.execute(zoom, seed).result[0]
 
 
 def sample(comfy, model, positive, negative, the_sampler, noise, n=4, size=32, steps=3, cfg=5.0, latent=None, callback=None):
@@ -67,37 +74,76 @@ def assert_render_consistent(core_zoom, stack, p):
         assert (inner - core_zoom.center_crop(stack[i], p)).abs().max().item() <= atol, f"level {i + 1} vs {i}"
 
 
+@pytest.fixture(scope="module")
+def text_stack(host):
+    """The 4-level text zoom (32x32 latent = 256 px, 3 steps), sampled once: (stack, decoded IMAGE, progress)."""
+    comfy, nodes, core_zoom, model, clip, vae = host
+    zoom = settings(nodes)
+    steps = []
+    stack = sample(comfy, model, prompts(nodes, clip), negative(clip), sampler(nodes, zoom), zoom_noise(nodes, zoom),
+                   callback=lambda i, x0, x, total: steps.append((i, total)))
+    with torch.inference_mode():
+        images = vae.decode(stack)
+    return stack, images, steps
+
+
+class TestZoomSettings:
+    def test_outputs_settings_and_levels(self, host):
+        comfy, nodes, core_zoom, *_ = host
+        zoom, levels = nodes.VistaZoomSettings.execute("4", 3).result
+        assert zoom == core_zoom.ZoomSettings(4, 3) and levels == 3
+
+    def test_custom_type_on_this_host(self, host):
+        """VISTA_ZOOM is a custom io type: the settings output and every consumer's zoom input carry it."""
+        comfy, nodes, *_ = host
+        schema = nodes.VistaZoomSettings.define_schema()
+        assert [o.get_io_type() for o in schema.outputs] == ["VISTA_ZOOM", "INT"]
+        for node in (nodes.VistaZoomPrompts, nodes.VistaZoomNoise, nodes.VistaZoomStackSampler,
+                     nodes.VistaZoomComposite, nodes.VistaZoomVideo):
+            inputs = {i.id: i.get_io_type() for i in node.define_schema().inputs}
+            assert inputs["zoom"] == "VISTA_ZOOM" and "zoom_factor" not in inputs, node.__name__
+
+    def test_settings_node_is_the_only_zoom_factor(self, host):
+        """One source of truth: only Vista Zoom Settings has a zoom_factor or levels widget."""
+        comfy, nodes, *_ = host
+        for node in (nodes.VistaZoomPrompts, nodes.VistaZoomNoise, nodes.VistaZoomStackSampler,
+                     nodes.VistaZoomComposite, nodes.VistaZoomVideo):
+            ids = {i.id for i in node.define_schema().inputs}
+            assert not ids & {"zoom_factor", "levels"}, node.__name__
+
+
 class TestZoomPrompts:
     def test_stacks_one_prompt_per_level(self, host):
         comfy, nodes, _, model, clip, vae = host
-        conditioning, levels = prompts(nodes, clip, "\n  a galaxy \n\na planet\n")
-        (cond, extra), = conditioning
-        assert levels == 2 and cond.shape == (2, 77, 768) and extra["pooled_output"].shape == (2, 768)
+        (cond, extra), = prompts(nodes, clip, "\n  a galaxy \n\na planet\n")
+        assert cond.shape == (2, 77, 768) and extra["pooled_output"].shape == (2, 768)
         for i, text in enumerate(("a galaxy", "a planet")):
             assert torch.equal(cond[i], negative(clip, text)[0][0][0])
 
     def test_long_prompt_repeated_to_common_length(self, host):
         comfy, nodes, _, model, clip, vae = host
         long = " ".join(["a very detailed spiral galaxy"] * 20)  # > 77 tokens: two CLIP chunks
-        (cond, _), = prompts(nodes, clip, f"{long}\na planet")[0]
+        (cond, _), = prompts(nodes, clip, f"{long}\na planet")
         alone = negative(clip, "a planet")[0][0][0]
         assert cond.shape == (2, 154, 768)
         assert torch.equal(cond[1], alone.repeat(2, 1)[None][0])
 
-    def test_no_prompt_line(self, host):
+    @pytest.mark.parametrize("text, count", [(" \n\n", 0), ("a galaxy\na planet\na city", 3)])
+    def test_prompt_count_must_be_levels(self, host, text, count):
         comfy, nodes, _, model, clip, vae = host
-        with pytest.raises(ValueError, match="prompts must hold at least one non-blank line"):
-            prompts(nodes, clip, " \n\n")
+        with pytest.raises(ValueError, match=f"Vista Zoom Prompts: prompts has {count} non-blank lines but the zoom "
+                                             f"settings have levels=4; write one prompt line per zoom level"):
+            nodes.VistaZoomPrompts.execute(settings(nodes), clip, text)
 
 
 class TestZoomNoise:
     def test_deterministic_per_seed_and_zoom_consistent(self, host):
         comfy, nodes, core_zoom, *_ = host
-        latent = {"samples": torch.zeros(4, 4, 32, 32)}
-        a = zoom_noise(nodes, 7).generate_noise(latent)
-        assert torch.equal(a, zoom_noise(nodes, 7).generate_noise(latent))
-        assert not torch.allclose(a, zoom_noise(nodes, 8).generate_noise(latent))
-        assert zoom_noise(nodes, 7).seed == 7
+        zoom, latent = settings(nodes), {"samples": torch.zeros(4, 4, 32, 32)}
+        a = zoom_noise(nodes, zoom, 7).generate_noise(latent)
+        assert torch.equal(a, zoom_noise(nodes, zoom, 7).generate_noise(latent))
+        assert not torch.allclose(a, zoom_noise(nodes, zoom, 8).generate_noise(latent))
+        assert zoom_noise(nodes, zoom, 7).seed == 7
         for i in range(3):  # Π_noise: level i's centre = level i+1 area-downscaled, times p
             inner = 2 * core_zoom.area_down(a[i + 1 : i + 2], 2)[0]
             assert torch.allclose(core_zoom.center_crop(a[i], 2), inner, atol=1e-5)
@@ -105,33 +151,45 @@ class TestZoomNoise:
     def test_size_not_divisible(self, host):
         comfy, nodes, *_ = host
         with pytest.raises(ValueError, match="Vista Zoom Noise: .*divisible by 2·p = 8"):
-            zoom_noise(nodes, zoom_factor="4").generate_noise({"samples": torch.zeros(2, 4, 36, 36)})
+            zoom_noise(nodes, settings(nodes, "4", 2)).generate_noise({"samples": torch.zeros(2, 4, 36, 36)})
+
+    def test_latent_batch_must_be_levels(self, host):
+        comfy, nodes, *_ = host
+        with pytest.raises(ValueError, match=r"Vista Zoom Noise: the latent \(SamplerCustomAdvanced latent_image\) has "
+                                             r"batch 3 but the zoom settings have levels=4; link Vista Zoom Settings' "
+                                             r"levels output to the EmptyLatentImage batch_size"):
+            zoom_noise(nodes, settings(nodes)).generate_noise({"samples": torch.zeros(3, 4, 32, 32)})
+
+    def test_video_latent_refused(self, host):
+        comfy, nodes, *_ = host
+        with pytest.raises(ValueError, match=r"Vista Zoom Noise: the latent .* must be an image latent"):
+            zoom_noise(nodes, settings(nodes)).generate_noise({"samples": torch.zeros(4, 4, 2, 32, 32)})
 
 
 class TestZoomStackSampler:
-    def test_text_zoom_4_levels_stack_and_video(self, host):
-        """Issue verification 5: stack of 4 render-consistent levels, progress per step, video frame count."""
+    def test_text_zoom_4_levels_stack(self, host, text_stack):
+        """Stack of 4 render-consistent levels, progress per step."""
         comfy, nodes, core_zoom, model, clip, vae = host
-        positive, levels = prompts(nodes, clip)
-        steps = []
-        stack = sample(comfy, model, positive, negative(clip), sampler(nodes), zoom_noise(nodes), n=levels,
-                       callback=lambda i, x0, x, total: steps.append((i, total)))
+        stack, images, steps = text_stack
         assert stack.shape == (4, 4, 32, 32) and torch.isfinite(stack).all()
         assert steps == [(0, 3), (1, 3), (2, 3)]
         assert_render_consistent(core_zoom, stack, 2)
-        with torch.inference_mode():
-            images = vae.decode(stack)
-        frames = nodes.VistaZoomVideo.execute(images, "2", 3).result[0]
-        assert frames.shape == (3 * 3 + 1, *images.shape[1:])
-        ring = torch.ones(images.shape[1:3], dtype=torch.bool)
-        ring[64:192, 64:192] = False  # frame 0 = level 0 outside the centre, where level 1 is pasted
-        assert torch.allclose(frames[0][ring], images[0][ring], atol=1e-4)
-        assert torch.allclose(frames[-1], images[-1], atol=1e-4)
+
+    def test_is_a_sampler_that_receives_the_guider(self, host):
+        """A comfy.samplers.Sampler subclass handed the guider (no reach into KSamplerX0Inpaint.inner_model)."""
+        comfy, nodes, *_ = host
+        from pathlib import Path
+
+        the_sampler = sampler(nodes, settings(nodes))
+        assert isinstance(the_sampler, comfy.samplers.Sampler)
+        assert not isinstance(the_sampler, comfy.samplers.KSAMPLER)
+        source = (Path(nodes.__file__).parent / "zoom_sampling.py").read_text()
+        assert "inner_model" not in source.replace("inner_model.process_latent_in", "")
 
     def test_same_seed_same_stack_zoom4(self, host):
         comfy, nodes, core_zoom, model, clip, vae = host
-        positive, _ = prompts(nodes, clip, "a galaxy\na planet")
-        run = lambda: sample(comfy, model, positive, negative(clip), sampler(nodes, "4"), zoom_noise(nodes, 3, "4"),
+        positive, zoom = prompts(nodes, clip, "a galaxy\na planet"), settings(nodes, "4", 2)
+        run = lambda: sample(comfy, model, positive, negative(clip), sampler(nodes, zoom), zoom_noise(nodes, zoom, 3),
                              n=2, size=16, steps=2)
         a = run()
         assert torch.equal(a, run())
@@ -140,7 +198,6 @@ class TestZoomStackSampler:
     def test_per_level_prompts_reach_unet_in_one_batch(self, host):
         """Each batch item of the one batched UNet call carries its own level's prompt."""
         comfy, nodes, _, model, clip, vae = host
-        positive, _ = prompts(nodes, clip)
         calls = []
 
         def record(apply_model, args):
@@ -149,7 +206,9 @@ class TestZoomStackSampler:
 
         patched = model.clone()
         patched.set_model_unet_function_wrapper(record)
-        sample(comfy, patched, positive, negative(clip), sampler(nodes), zoom_noise(nodes), size=16, steps=1)
+        zoom = settings(nodes)
+        sample(comfy, patched, prompts(nodes, clip), negative(clip), sampler(nodes, zoom), zoom_noise(nodes, zoom),
+               size=16, steps=1)
         (shape, cond_or_uncond, crossattn), = calls  # one call: 4 negatives + 4 positives
         assert shape == (8, 4, 16, 16) and len(cond_or_uncond) == 2
         positives = crossattn[4:] if cond_or_uncond == [1, 0] else crossattn[:4]
@@ -159,8 +218,9 @@ class TestZoomStackSampler:
     def test_prompts_change_their_levels(self, host):
         """Changing only level 1's prompt changes the stack, and not the way changing level 0's does."""
         comfy, nodes, _, model, clip, vae = host
-        run = lambda text: sample(comfy, model, prompts(nodes, clip, text)[0], negative(clip), sampler(nodes, eta=0.0),
-                                  zoom_noise(nodes), n=2, size=16, steps=1)
+        zoom = settings(nodes, levels=2)
+        run = lambda text: sample(comfy, model, prompts(nodes, clip, text), negative(clip),
+                                  sampler(nodes, zoom, eta=0.0), zoom_noise(nodes, zoom), n=2, size=16, steps=1)
         base = run("a spiral galaxy\na blue planet")
         deep = run("a spiral galaxy\na red apple on a table") - base
         shallow = run("a red apple on a table\na blue planet") - base
@@ -168,16 +228,16 @@ class TestZoomStackSampler:
         assert not torch.allclose(deep, shallow, atol=1e-3)
 
     def test_photo_zoom_closer_to_photo(self, host):
-        """Issue verification 4: with the photo loss every level's photo region is closer to the photo."""
+        """With the photo loss every level's photo region is closer to the photo."""
         comfy, nodes, core_zoom, model, clip, vae = host
         yy, xx = torch.meshgrid(torch.linspace(0, 1, 256), torch.linspace(0, 1, 256), indexing="ij")
         image = torch.stack([xx, yy, (xx * 6).sin() * 0.5 + 0.5], dim=-1)[None]
         with torch.inference_mode():
             photo = {"samples": vae.encode(image)}
-        positive, levels = prompts(nodes, clip, "a man on a picnic blanket\na hand\nskin cells")
+        positive, zoom = prompts(nodes, clip, "a man on a picnic blanket\na hand\nskin cells"), settings(nodes, levels=3)
         run = lambda photo_in, lr=0.1: sample(comfy, model, positive, negative(clip),
-                                              sampler(nodes, photo=photo_in, photo_lr=lr), zoom_noise(nodes),
-                                              n=levels, steps=2)
+                                              sampler(nodes, zoom, photo=photo_in, photo_lr=lr), zoom_noise(nodes, zoom),
+                                              n=3, steps=2)
 
         def distances(stack):  # ||D_i(L_i) - M_i ξ|| per level, VAEEncode (unprocessed) space
             return [(core_zoom.area_down(stack[i : i + 1], 2**i)[0] - core_zoom.center_crop(photo["samples"][0], 2**i))
@@ -199,52 +259,168 @@ class TestZoomStackSampler:
         from vista.nodes.zoom_sampling import photo_zoom
 
         photo = {"samples": torch.randn(1, 4, 16, 16)}
-        guidance = photo_zoom(comfy.samplers.CFGGuider(model), photo, torch.zeros(2, 4, 16, 16), None,
+        guidance = photo_zoom(comfy.samplers.CFGGuider(model), photo, torch.zeros(2, 4, 16, 16), 8,
                               {"steps": 5, "lr": 0.1, "until": 0.8})
         assert torch.allclose(guidance.photo, model.model.process_latent_in(photo["samples"])[0])
         assert not torch.allclose(guidance.photo, photo["samples"][0])  # SD1.5: scaled by 0.18215
 
     def test_interrupt(self, host):
         comfy, nodes, _, model, clip, vae = host
-        positive, _ = prompts(nodes, clip, "a galaxy\na planet")
+        zoom = settings(nodes, levels=2)
         comfy.model_management.interrupt_current_processing(True)
         try:
             with pytest.raises(comfy.model_management.InterruptProcessingException):
-                sample(comfy, model, positive, negative(clip), sampler(nodes), zoom_noise(nodes), n=2, steps=2)
+                sample(comfy, model, prompts(nodes, clip, "a galaxy\na planet"), negative(clip), sampler(nodes, zoom),
+                       zoom_noise(nodes, zoom), n=2, steps=2)
         finally:
             comfy.model_management.interrupt_current_processing(False)
 
     @pytest.mark.parametrize("case, match", [
         ("fewer_prompts", "positive conditioning has 3 zoom prompts but latent_image has batch 4"),
-        ("more_prompts", "positive conditioning has 4 zoom prompts but latent_image has batch 2"),
-        ("size", "latent_image is 36x36 latent px.*; with zoom_factor=4 width and height must be multiples of "
-                 "2·zoom_factor = 8 latent px"),
-        ("photo_size", "photo must be one VAE-encoded image of the zoom level size 32x32 latent px"),
+        ("levels", r"latent_image has batch 2 but the zoom settings have levels=4; link Vista Zoom Settings' "
+                   r"levels output to the EmptyLatentImage batch_size"),
+        ("size", r"latent_image is 36x36 latent px \(288x288 px\); with zoom_factor=4 width and height must be "
+                 r"multiples of 2·zoom_factor = 8 latent px \(64 px\)"),
+        ("photo_size", r"photo must be one VAE-encoded image of the zoom level size 32x32 latent px \(256x256 px\)"),
+        ("photo_rank", r"photo must be an image latent of shape \(batch, channels, height, width\)"),
         ("noise_mask", "latent_image has a noise_mask"),
+        ("video_latent", r"latent_image must be an image latent of shape \(batch, channels, height, width\)"),
     ])
     def test_validation_errors(self, host, case, match):
         comfy, nodes, _, model, clip, vae = host
         text = {"fewer_prompts": "\n".join(PROMPTS.splitlines()[:3])}.get(case, PROMPTS)
-        n = {"more_prompts": 2}.get(case, 4)
+        n = {"levels": 2}.get(case, 4)
         size, p = (36, "4") if case == "size" else (32, "2")
-        latent = {"samples": torch.zeros(n, 4, size, size)}
+        latent = {"samples": torch.zeros(n, 4, size, size) if case != "video_latent" else torch.zeros(n, 4, 2, 8, 8)}
         if case == "noise_mask":
             latent["noise_mask"] = torch.ones(n, 1, size, size)
-        photo = {"samples": torch.zeros(1, 4, 16, 16)} if case == "photo_size" else None
+        photo = {"photo_size": {"samples": torch.zeros(1, 4, 16, 16)},
+                 "photo_rank": {"samples": torch.zeros(1, 4, 1, 32, 32)}}.get(case)
         from comfy_extras.nodes_custom_sampler import Noise_RandomNoise  # stock noise: the sampler must catch sizes
 
-        with pytest.raises(ValueError, match=match):
-            sample(comfy, model, prompts(nodes, clip, text)[0], negative(clip), sampler(nodes, p, photo=photo),
-                   Noise_RandomNoise(1), steps=1, latent=latent)
+        with pytest.raises(ValueError, match=f"Vista Zoom Stack Sampler: .*{match}"):
+            sample(comfy, model, prompts(nodes, clip, text, zoom=settings(nodes, levels=len(text.splitlines()))),
+                   negative(clip), sampler(nodes, settings(nodes, p), photo=photo), Noise_RandomNoise(1), steps=1,
+                   latent=latent)
+
+    @pytest.mark.parametrize("noise_p, sampler_p", [("2", "4"), ("4", "2")])
+    def test_noise_of_another_zoom_factor_refused(self, host, noise_p, sampler_p):
+        """Issue [R] 12: noise drawn for p=2 fed to a p=4 sampler (two Settings nodes) is an error, not a wrong stack."""
+        comfy, nodes, _, model, clip, vae = host
+        positive = prompts(nodes, clip, "a galaxy\na planet\na city", zoom=settings(nodes, levels=3))
+        with pytest.raises(ValueError, match=f"Vista Zoom Stack Sampler: the noise input of SamplerCustomAdvanced: "
+                                             f"noise is not zoom-consistent for zoom factor p={sampler_p}.*Connect "
+                                             f"Vista Zoom Noise fed by the same Vista Zoom Settings"):
+            sample(comfy, model, positive, negative(clip), sampler(nodes, settings(nodes, sampler_p, 3)),
+                   zoom_noise(nodes, settings(nodes, noise_p, 3)), n=3, size=32, steps=1)
+
+    def test_stock_noise_refused(self, host):
+        comfy, nodes, _, model, clip, vae = host
+        from comfy_extras.nodes_custom_sampler import Noise_RandomNoise
+
+        zoom = settings(nodes, levels=2)
+        with pytest.raises(ValueError, match="noise is not zoom-consistent for zoom factor p=2"):
+            sample(comfy, model, prompts(nodes, clip, "a galaxy\na planet"), negative(clip), sampler(nodes, zoom),
+                   Noise_RandomNoise(1), n=2, size=16, steps=1)
+
+    def test_flow_matching_model(self, host):
+        """Issue [R] 10: a CONST (SD3/Flux-style) model refuses eta > 0 naming the sampler; eta 0 runs."""
+        comfy, nodes, _, model, clip, vae = host
+        from comfy_extras.nodes_model_advanced import ModelSamplingSD3
+
+        flow = ModelSamplingSD3().patch(model, 3.0)[0]  # the host's own node: model_sampling CONST
+        zoom, positive = settings(nodes, levels=2), prompts(nodes, clip, "a galaxy\na planet")
+        with pytest.raises(ValueError, match=r"Vista Zoom Stack Sampler: eta=1.0 asks for stochastic .*flow-matching"):
+            sample(comfy, flow, positive, negative(clip), sampler(nodes, zoom, eta=1.0), zoom_noise(nodes, zoom),
+                   n=2, size=16, steps=1)
+        out = sample(comfy, flow, positive, negative(clip), sampler(nodes, zoom, eta=0.0), zoom_noise(nodes, zoom),
+                     n=2, size=16, steps=2)
+        assert out.shape == (2, 4, 16, 16) and torch.isfinite(out).all()
+
+
+class TestZoomComposite:
+    def test_consistent_in_pixels(self, host, text_stack):
+        """After compositing, each level's centre (beyond the feather ring) IS the next level area-downscaled."""
+        comfy, nodes, core_zoom, model, clip, vae = host
+        stack, images, _ = text_stack
+        out = nodes.VistaZoomComposite.execute(images, settings(nodes), 8).result[0]
+        assert out.shape == images.shape
+        chw = out.permute(0, 3, 1, 2)
+        for i in range(3):
+            inner = core_zoom.area_down(chw[i + 1 : i + 2], 2)[0]
+            block = core_zoom.center_crop(chw[i], 2)
+            assert torch.allclose(inner[:, 8:-8, 8:-8], block[:, 8:-8, 8:-8], atol=1e-6)
+            raw = core_zoom.center_crop(images[i].permute(2, 0, 1), 2)
+            assert not torch.allclose(inner, raw, atol=1e-2)  # the decoded levels alone disagree
+
+    def test_seams_and_switches_on_decoded_levels(self, host, text_stack):
+        """Issue [R] 11, measured on the test checkpoint's decoded levels (bench/zoom_seams.py prints the same)."""
+        comfy, nodes, core_zoom, *_ = host
+        from vista.core.zoom_metrics import seam_ratio, source_levels, switch_jump_ratio
+
+        _, images, _ = text_stack
+        zoom, feather, fpl = settings(nodes), 8, 6
+        hard = nodes.VistaZoomComposite.execute(images, zoom, 0).result[0].permute(0, 3, 1, 2)
+        soft = nodes.VistaZoomComposite.execute(images, zoom, feather).result[0]
+        seams = [(seam_ratio(hard[i], 2, feather), seam_ratio(soft[i].permute(2, 0, 1), 2, feather)) for i in range(3)]
+        sources = source_levels(4, 2, fpl, *images.shape[1:3])
+        before = switch_jump_ratio(nodes.VistaZoomVideo.execute(images, zoom, fpl, 0).result[0], sources)
+        after = switch_jump_ratio(nodes.VistaZoomVideo.execute(soft, zoom, fpl, feather).result[0], sources)
+        print(f"\nseam ratio per level (hard paste, feathered {feather} px): {[tuple(round(v, 3) for v in s) for s in seams]}"
+              f"\nvideo switch-jump ratio: before {before:.3f}, after {after:.3f}")
+        assert all(soft_ratio < hard_ratio for hard_ratio, soft_ratio in seams)
+        assert after < before
+
+    def test_image_batch_must_be_levels(self, host):
+        comfy, nodes, *_ = host
+        with pytest.raises(ValueError, match=r"Vista Zoom Composite: images has batch 3 but the zoom settings have "
+                                             r"levels=4; decode the whole stack"):
+            nodes.VistaZoomComposite.execute(torch.rand(3, 64, 64, 3), settings(nodes), 4)
+
+    def test_feather_too_wide(self, host):
+        comfy, nodes, *_ = host
+        with pytest.raises(ValueError, match=r"Vista Zoom Composite: feather=17 px must be in \[0, 16\] px for "
+                                             r"128x128 px levels with zoom factor p=2"):
+            nodes.VistaZoomComposite.execute(torch.rand(2, 128, 128, 3), settings(nodes, levels=2), 17)
+
+    def test_size_not_divisible(self, host):
+        comfy, nodes, *_ = host
+        with pytest.raises(ValueError, match=r"Vista Zoom Composite: images height and width must be divisible by "
+                                             r"2·p = 8 \(px\)"):
+            nodes.VistaZoomComposite.execute(torch.rand(2, 36, 36, 3), settings(nodes, "4", 2), 0)
 
 
 class TestZoomVideo:
+    def test_frames_from_composited_levels(self, host, text_stack):
+        comfy, nodes, *_ = host
+        _, images, _ = text_stack
+        zoom = settings(nodes)
+        composited = nodes.VistaZoomComposite.execute(images, zoom, 8).result[0]
+        frames = nodes.VistaZoomVideo.execute(composited, zoom, 3, 8).result[0]
+        assert frames.shape == (3 * 3 + 1, *images.shape[1:])
+        for k in range(4):  # whole-level frames: the composited level, except the feather rings (faded twice)
+            diff = (frames[3 * k] - composited[k]).abs().amax(-1)
+            assert (diff < 1e-4).float().mean() > 0.8 and diff.mean() < 0.02
+            assert diff[:60].max() < 1e-4 and diff[72:92, 72:92].max() < 1e-4  # outside / inside level k+1's ring
+        assert torch.allclose(frames[-1], composited[-1], atol=1e-6)
+
     def test_frame_count(self, host):
         comfy, nodes, *_ = host
-        frames = nodes.VistaZoomVideo.execute(torch.rand(3, 32, 48, 3), "4", 5).result[0]
+        frames = nodes.VistaZoomVideo.execute(torch.rand(3, 32, 48, 3), settings(nodes, "4", 3), 5, 0).result[0]
         assert frames.shape == (11, 32, 48, 3)
+
+    def test_image_batch_must_be_levels(self, host):
+        comfy, nodes, *_ = host
+        with pytest.raises(ValueError, match=r"Vista Zoom Video: images has batch 2 but the zoom settings have "
+                                             r"levels=4; decode the whole stack"):
+            nodes.VistaZoomVideo.execute(torch.rand(2, 32, 32, 3), settings(nodes), 4, 0)
 
     def test_frames_per_level_below_one(self, host):
         comfy, nodes, *_ = host
         with pytest.raises(ValueError, match="Vista Zoom Video: frames_per_level must be >= 1, got 0"):
-            nodes.VistaZoomVideo.execute(torch.rand(2, 32, 32, 3), "2", 0)
+            nodes.VistaZoomVideo.execute(torch.rand(2, 32, 32, 3), settings(nodes, levels=2), 0, 0)
+
+    def test_feather_too_wide(self, host):
+        comfy, nodes, *_ = host
+        with pytest.raises(ValueError, match=r"Vista Zoom Video: feather=9 px must be in \[0, 8\] px"):
+            nodes.VistaZoomVideo.execute(torch.rand(2, 64, 64, 3), settings(nodes, levels=2), 2, 9)
