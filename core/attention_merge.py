@@ -31,12 +31,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from fractions import Fraction
 
 import torch
 from einops import rearrange
 
 from .checks import check, check_range, check_shape
+from .schedules import steps_in_fraction
 from .windows import Window, grid_scale, scale_window
 
 __all__ = [
@@ -331,15 +331,13 @@ def mad_steps(tau: float, n_steps: int) -> int:
     """Number of steps with MAD: round-half-up(τ·n), counted exactly on τ's decimal value.
 
     MAD §5 applies the operator for the first τ of the steps (15 of 50 for Stable Diffusion,
-    τ = 0.3). τ is read as the decimal the user typed (``repr``), so 0.14 · 50 is exactly 7
-    (not 7.000000000000001) and 0.29 · 50 = 14.5 rounds up to 15.
+    τ = 0.3); see :func:`~core.schedules.steps_in_fraction` (0.14 · 50 is exactly 7, 0.29 · 50 = 14.5 → 15).
 
     >>> mad_steps(0.3, 50), mad_steps(0.14, 50), mad_steps(0.29, 50), mad_steps(0.01, 49)
     (15, 7, 15, 0)
     """
     check_range("tau", tau, 0.0, 1.0)
-    check(n_steps >= 0, f"n_steps must be >= 0, got {n_steps}")
-    return math.floor(Fraction(repr(float(tau))) * n_steps + Fraction(1, 2))
+    return steps_in_fraction(tau, n_steps)
 
 
 def mad_step_index(sigma: float, sample_sigmas: Sequence[float] | torch.Tensor) -> int:

@@ -4,8 +4,10 @@ This is the papers' literal formulation (MultiDiffusion; GVCF §"Correcting Vari
 Fused Patches with SDE Samplers"; DESIGN.md, "Two ways of fusing windows"). Each step
 ``sigma -> sigma_next`` (k-diffusion sigma space, ``x = x0 + sigma * eps``):
 
-1. crop the windows of the canvas, denoise them in batches: ``d_i = D(x_i, sigma)``;
-2. optional per-window hook ``before_step`` (per-window guidance, e.g. SyncDiffusion);
+0. optional canvas-level guidance work (:class:`Guidance`: SyncDiffusion's anchor, MSD's low-resolution
+   levels), once, before any window moves;
+1. crop the windows of the canvas, optionally move them by the guidance gradient, then denoise them in
+   batches: ``d_i = D(x_i, sigma)``;
 3. each window steps on its own: mean ``mu_i = d_i + (sigma_down / sigma)(x_i - d_i)`` and
    ``x_i' = mu_i + sigma_up * s_noise * eps_i`` with independent per-window noise
    (ancestral step, :func:`get_ancestral_step`; ``eta = 0`` is the deterministic DDIM/euler step);
@@ -20,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import torch
 from tqdm.auto import trange
@@ -31,7 +34,8 @@ from .noise_streams import step_generator
 from .windows import Window, crop_windows, total_weight
 
 __all__ = [
-    "BeforeStep",
+    "Guidance",
+    "StepContext",
     "StepSetup",
     "LatentFusionOptions",
     "get_ancestral_step",
@@ -42,16 +46,36 @@ __all__ = [
     "sample_latent_fusion",
 ]
 
-BeforeStep = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Sequence[Window]], tuple[torch.Tensor, torch.Tensor]]
-"""``before_step(x_w, denoised_w, sigma, chunk) -> (x_w, denoised_w)``: per-window hook.
+@dataclass(frozen=True)
+class StepContext:
+    """What a :class:`Guidance` knows about the step being taken.
 
-Called once per window batch and step, after the model and before the window's own step.
-``x_w``/``denoised_w`` are the noisy window crops and their denoised predictions
-``(n·B, C, h, w)``, window-major; ``sigma`` is the 0-d step sigma; ``chunk`` the ``n``
-windows. Per-window gradient guidance (SyncDiffusion, MSD) updates ``x_w`` here and
-returns the matching (re-)denoised prediction; the step then uses both. Runs under the
-caller's grad mode: a guidance hook enables gradients itself.
-"""
+    Attributes:
+        sigma, sigma_next: the step ``sigma -> sigma_next`` (0-d tensors).
+        step, n_steps: 0-based step index and the number of steps of the run.
+        opts: the sampler's :class:`LatentFusionOptions` (windows, weights, batch size, eta).
+    """
+
+    sigma: torch.Tensor
+    sigma_next: torch.Tensor
+    step: int
+    n_steps: int
+    opts: "LatentFusionOptions"
+
+
+class Guidance(Protocol):
+    """Gradient guidance of the window latents before their own step (SyncDiffusion Alg. 1, MSD Alg. 1).
+
+    ``begin_step`` runs once per step on the whole canvas, before any window moves (SyncDiffusion: the
+    anchor window's decoded prediction; MSD: the low-resolution levels' step), and returns that step's
+    state, or ``None`` when the step is not guided (then the step is exactly the unguided one).
+    ``guide`` moves one window batch ``(n·B, C, h, w)`` (window-major) and returns the moved latents,
+    detached; it runs once per batch, before the model call that takes the step.
+    """
+
+    def begin_step(self, x: torch.Tensor, ctx: StepContext) -> object | None: ...
+
+    def guide(self, x_w: torch.Tensor, chunk: Sequence[Window], ctx: StepContext, state: object) -> torch.Tensor: ...
 
 
 StepSetup = Callable[[int, int, dict], tuple[dict, int]]
@@ -75,7 +99,7 @@ class LatentFusionOptions:
         eta: ancestral noise amount; 0 = deterministic DDIM/euler step, 1 = DDPM-like.
         s_noise: noise scale of the stochastic part.
         variance_corrected: fuse stochastic steps with GVCF eq. 14 instead of the average.
-        before_step: per-window hook, see :data:`BeforeStep`.
+        guidance: gradient guidance of the windows, see :class:`Guidance`.
         before_batch: called before each window batch (interrupt checks, progress).
     """
 
@@ -85,7 +109,7 @@ class LatentFusionOptions:
     eta: float = 0.0
     s_noise: float = 1.0
     variance_corrected: bool = True
-    before_step: BeforeStep | None = None
+    guidance: Guidance | None = None
     before_batch: Callable[[], None] | None = None
 
 
@@ -137,9 +161,10 @@ def window_noise(generator: torch.Generator, like: torch.Tensor, n: int) -> torc
 
 
 def denoise_windows(
-    model, x: torch.Tensor, sigma: torch.Tensor, chunk: Sequence[Window], extra_args: dict, before_step: BeforeStep | None
+    model, x: torch.Tensor, sigma: torch.Tensor, chunk: Sequence[Window], extra_args: dict,
+    guide: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Crop one window batch, denoise it, run the per-window hook.
+    """Crop one window batch, move it by the guidance (if any), denoise it.
 
     Args:
         model: ``model(x_windows, sigma * ones(n·B), **extra_args) -> denoised``.
@@ -147,16 +172,15 @@ def denoise_windows(
         sigma: 0-d current sigma.
         chunk: the ``n`` windows of this batch (latent px).
         extra_args: passed unopened to ``model``.
-        before_step: optional hook, see :data:`BeforeStep`.
+        guide: ``guide(x_w) -> x_w``, the guided window latents (see :class:`Guidance`).
 
     Returns:
         ``(x_w, denoised_w)``, each ``(n·B, C, h, w)`` window-major.
     """
     x_w = crop_windows(x, chunk)
-    denoised_w = model(x_w, sigma * x_w.new_ones(x_w.shape[0]), **extra_args)
-    if before_step is not None:
-        x_w, denoised_w = before_step(x_w, denoised_w, sigma, chunk)
-    return x_w, denoised_w
+    if guide is not None:
+        x_w = guide(x_w)
+    return x_w, model(x_w, sigma * x_w.new_ones(x_w.shape[0]), **extra_args)
 
 
 def latent_fusion_step(
@@ -167,8 +191,12 @@ def latent_fusion_step(
     extra_args: dict,
     opts: LatentFusionOptions,
     generator: torch.Generator,
+    ctx: StepContext | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One latent-fusion step ``sigma -> sigma_next`` of the whole canvas (GVCF eq. 8 / eq. 14).
+
+    With ``opts.guidance`` and a step context, the guidance's canvas work runs first and every
+    window batch is moved by it before its model call (SyncDiffusion Alg. 1, MSD Alg. 1).
 
     Returns:
         ``(x_next, denoised)``: the fused window latents at ``sigma_next`` and the fused
@@ -177,13 +205,15 @@ def latent_fusion_step(
     sigma_down, sigma_up = get_ancestral_step(float(sigma), float(sigma_next), opts.eta)
     vcf = opts.variance_corrected and sigma_up > 0
     B, C, H, W = x.shape
+    state = None if opts.guidance is None or ctx is None else opts.guidance.begin_step(x, ctx)
     steps = fusion_sums(B, C, H, W, with_mean=vcf, dtype=x.dtype, device=x.device)
     dens = fusion_sums(B, C, H, W, dtype=x.dtype, device=x.device)
     for start, chunk in zip(range(0, len(opts.windows), opts.batch_size), chunks(opts.windows, opts.batch_size)):
         if opts.before_batch is not None:
             opts.before_batch()
         weights = opts.weights[start : start + len(chunk)]
-        x_w, d_w = denoise_windows(model, x, sigma, chunk, extra_args, opts.before_step)
+        guide = None if state is None else (lambda x_w, chunk=chunk: opts.guidance.guide(x_w, chunk, ctx, state))
+        x_w, d_w = denoise_windows(model, x, sigma, chunk, extra_args, guide)
         mu_w = ancestral_mean(x_w, d_w, float(sigma), sigma_down)
         x_next_w = mu_w
         if sigma_up > 0:  # each window draws its own noise (ancestral step)
@@ -226,7 +256,7 @@ def sample_latent_fusion(
     eta: float = 0.0,
     variance_corrected: bool = True,
     s_noise: float = 1.0,
-    before_step: BeforeStep | None = None,
+    guidance: Guidance | None = None,
     before_batch: Callable[[], None] | None = None,
     step_setup: StepSetup | None = None,
 ) -> torch.Tensor:
@@ -247,7 +277,7 @@ def sample_latent_fusion(
         eta: 0 = deterministic DDIM/euler steps; > 0 ancestral steps (1 = DDPM-like).
         variance_corrected: fuse stochastic steps with Variance-Corrected Fusion (GVCF eq. 14).
         s_noise: scale of the per-window noise.
-        before_step: per-window hook (guidance), see :data:`BeforeStep`.
+        guidance: gradient guidance of the windows (SyncDiffusion, MSD), see :class:`Guidance`.
         before_batch: called before every window batch (interrupt checks).
         step_setup: per-step model arguments and window batch size, see :data:`StepSetup`.
 
@@ -262,7 +292,7 @@ def sample_latent_fusion(
     0.0
     """
     extra_args = {} if extra_args is None else extra_args
-    opts = LatentFusionOptions(tuple(windows), weights, batch_size, eta, s_noise, variance_corrected, before_step, before_batch)
+    opts = LatentFusionOptions(tuple(windows), weights, batch_size, eta, s_noise, variance_corrected, guidance, before_batch)
     _check_sampler_inputs(x, sigmas, opts)
     generator = step_generator(extra_args.get("seed"), x.device)
     n_steps = len(sigmas) - 1
@@ -272,7 +302,8 @@ def sample_latent_fusion(
             step_args, step_batch = step_setup(i, n_steps, extra_args)
             check(step_batch >= 1, f"step_setup gave batch_size {step_batch} at step {i}; it must be >= 1 window")
             step_opts = replace(opts, batch_size=step_batch)
-        x_next, denoised = latent_fusion_step(model, x, sigmas[i], sigmas[i + 1], step_args, step_opts, generator)
+        ctx = StepContext(sigmas[i], sigmas[i + 1], i, n_steps, step_opts)
+        x_next, denoised = latent_fusion_step(model, x, sigmas[i], sigmas[i + 1], step_args, step_opts, generator, ctx)
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
         x = denoised if sigmas[i + 1] == 0 else x_next

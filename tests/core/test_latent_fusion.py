@@ -15,7 +15,7 @@ from vista.core.latent_fusion import (
 )
 from vista.core.multidiffusion import multidiffusion_predict
 from vista.core.noise_streams import step_noise_seed
-from vista.core.windows import Window, plan_windows, total_weight, window_weights
+from vista.core.windows import Window, crop_windows, plan_windows, total_weight, window_weights
 
 from denoisers import TinyConvDenoiser, euler
 
@@ -97,17 +97,17 @@ class TestWindowNoise:
 
 
 class TestDenoiseWindows:
-    def test_shape_and_hook(self):
+    def test_shape_and_guide_before_the_model(self):
         seen = []
 
-        def hook(x_w, d_w, sigma, chunk):
-            seen.append((tuple(x_w.shape), float(sigma), len(chunk)))
-            return x_w + 1, d_w * 0
+        def model(x_w, sigma, **kw):
+            seen.append(x_w.clone())
+            return x_w * 0
 
         x, chunk = torch.randn(2, 4, 8, 16), plan_windows(8, 16, 8, 8, 8, 8)
-        x_w, d_w = denoise_windows(as_model(TinyConvDenoiser(dtype=torch.float32)), x, torch.tensor(2.0), chunk, {}, hook)
-        assert seen == [((4, 4, 8, 8), 2.0, 2)]
+        x_w, d_w = denoise_windows(model, x, torch.tensor(2.0), chunk, {}, lambda x_w: x_w + 1)
         assert x_w.shape == d_w.shape == (4, 4, 8, 8) and not d_w.any()
+        assert torch.equal(seen[0], crop_windows(x, chunk) + 1) and torch.equal(x_w, seen[0])
 
 
 class TestLatentFusionStep:
@@ -140,17 +140,27 @@ class TestSampleLatentFusion:
         run(self.canvas(), self.sigmas, windows, batch_size=3, before_batch=lambda: calls.append(1))
         assert len(calls) == 2 * (len(self.sigmas) - 1)
 
-    def test_hook_can_take_gradients(self):
-        """The sampler runs under no_grad (like k-diffusion); a guidance hook enables grad itself."""
+    def test_guidance_runs_canvas_work_once_then_moves_every_batch(self):
+        """The Guidance protocol: begin_step once per step (canvas level), guide once per window batch before
+        the model call; the sampler runs under no_grad (like k-diffusion) and a guidance enables grad itself."""
+        calls = []
 
-        def hook(x_w, d_w, sigma, chunk):
-            with torch.enable_grad():
-                z = x_w.detach().requires_grad_()
-                (grad,) = torch.autograd.grad((z**2).sum(), z)
-            return x_w - 0.01 * grad, d_w
+        class Shrink:
+            def begin_step(self, x, ctx):
+                calls.append(("begin", ctx.step))
+                return 0.01
+
+            def guide(self, x_w, chunk, ctx, state):
+                calls.append(("guide", len(chunk)))
+                with torch.enable_grad():
+                    z = x_w.detach().requires_grad_()
+                    (grad,) = torch.autograd.grad((z**2).sum(), z)
+                return x_w - state * grad
 
         windows = plan_windows(16, 40, 16, 16, 8, 8)
-        assert run(self.canvas(), self.sigmas, windows, before_step=hook).isfinite().all()
+        out = run(self.canvas(), self.sigmas, windows, batch_size=2, guidance=Shrink())
+        assert out.isfinite().all()
+        assert calls[:3] == [("begin", 0), ("guide", 2), ("guide", 2)] and calls.count(("begin", 1)) == 1
 
     @pytest.mark.parametrize("mode,wrap,batch_size", [("uniform", False, 1), ("guided", False, 3), ("guided", True, 2), ("gaussian", True, 3)])
     def test_deterministic_equals_prediction_fusion(self, mode, wrap, batch_size):
