@@ -1,87 +1,82 @@
 """Benchmark Vista MAD Attention against plain MultiDiffusion (issue [C], item 5).
 
-For each canvas width, in ONE process with the same checkpoint, sampler, seed and windows:
-wall time of Vista Tiled Diffusion + Vista MAD Attention (tau) ÷ Vista Tiled Diffusion alone,
-runs alternated, medians printed, plus peak resident memory (ru_maxrss, which only grows: the
-MultiDiffusion widths run first, so a jump in the MAD column is MAD's extra peak).
-Merged self-attention is quadratic in the canvas tokens, so the ratio grows with the width;
-the printout says where ≤ 1.10× stops holding.
+Compares, for each canvas width, in ONE process with the same checkpoint, euler sampler, seed
+and windows:  A = Vista Tiled Diffusion (MultiDiffusion)  vs  B = the same + Vista MAD Attention
+(merge the windows before attention for the first tau of the steps). Prints one line per run
+as it finishes (wall and UNet-only seconds, UNet calls, peak RSS), then per width the medians,
+min–max, and the MAD ÷ MultiDiffusion ratio of the wall medians and of the UNet medians.
+Target: wall ratio <= 1.10 at the paper's geometry (512×3072 px, tau 0.3). Merged
+self-attention is quadratic in the canvas tokens, so the ratio grows with the width; the last
+line says where <= 1.10 stops holding. ``--tau 1`` applies MAD on every step and exposes its
+attention overhead (the MAD time is inside the UNet column: the wrapper times the whole network).
 
 Usage::
 
-    COMFYUI_PATH=/path/to/ComfyUI python bench/mad.py [--widths 1024 1536 2048] [--steps 10] [--tau 0.3]
+    COMFYUI_PATH=/path/to/ComfyUI python bench/mad.py [--ckpt PATH] [--pack PATH] [--rounds 1]
+        [--widths 768 ...] [--height 256] [--window 256] [--stride 128] [--batch 8] [--steps 3] [--tau 0.3]
 
-The paper's geometry is 512×3072 px (64×384 latent); on a 2-core CPU use the widest that fits a
-few minutes. The random-weight SD1.5 test checkpoint comes from tools/make_test_checkpoint.py.
+The defaults are CPU-sized (256×768 px, 256 px windows at stride 128 px, 3 steps, the random-weight SD1.5 test
+checkpoint: a few minutes on 2 cores); on a GPU pass the paper's geometry and a real model,
+e.g. ``--ckpt sd15.safetensors --widths 1024 2048 3072 --height 512 --window 512 --stride 128
+--steps 50``. Sizes are image pixels.
 """
 from __future__ import annotations
 
 import argparse
-import os
-import resource
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tiled import ROOT, _host_and_checkpoint, _load  # noqa: E402  (bench helpers; host imported lazily)
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+import _common as bench  # noqa: E402  (bench helpers; the host is imported lazily)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--widths", type=int, nargs="+", default=[1024, 1536, 2048], help="canvas widths, px")
-    parser.add_argument("--height", type=int, default=512, help="canvas height, px")
-    parser.add_argument("--window", type=int, default=512, help="window size, px")
-    parser.add_argument("--stride", type=int, default=128, help="window stride, px")
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--tau", type=float, default=0.3)
-    parser.add_argument("--repeats", type=int, default=2)
+    bench.add_common_args(parser)
+    parser.add_argument("--widths", type=int, nargs="+", default=[768], help="canvas widths, px (default 768)")
+    parser.add_argument("--height", type=int, default=256, help="canvas height, px (default 256)")
+    parser.add_argument("--window", type=int, default=256, help="window size, px (default 256)")
+    parser.add_argument("--stride", type=int, default=128, help="window stride, px (default 128)")
+    parser.add_argument("--batch", type=int, default=8, help="windows per UNet call without MAD (default 8)")
+    parser.add_argument("--steps", type=int, default=3, help="euler steps (default 3)")
+    parser.add_argument("--tau", type=float, default=0.3, help="MAD for the first tau of the steps (default 0.3)")
     args = parser.parse_args()
-    if not os.environ.get("COMFYUI_PATH"):
-        raise SystemExit("bench/mad.py: set COMFYUI_PATH to a ComfyUI checkout")
-    import torch
-
-    comfy, model, clip = _host_and_checkpoint(Path(os.environ["COMFYUI_PATH"]))
-    _load("vista", ROOT, package=True)
+    host = bench.host_path("bench/mad.py")
+    comfy = bench.import_host(host)
+    model, clip, ckpt_name = bench.load_checkpoint(comfy, host, args.ckpt)
+    bench.load_pack(args.pack)
     from vista.nodes.mad import VistaMADAttention
     from vista.nodes.tiled_diffusion import VistaTiledDiffusion
 
-    tiled = VistaTiledDiffusion.execute(model, window_width=args.window, window_height=args.window, stride_x=args.stride,
-                                        stride_y=args.stride,
-                                        weight_mode="uniform", wrap_x=False, window_batch_size=8).result[0]
-    mad = VistaMADAttention.execute(tiled, tau=args.tau, input_blocks=True, middle_block=True, output_blocks=True).result[0]
-    cond = clip.encode_from_tokens_scheduled(clip.tokenize("a panorama of a mountain lake"))
+    timer = bench.UnetTimer(comfy)
+    timer.attach(model)  # before the nodes clone it: both sides report to this timer
+    tiled = VistaTiledDiffusion.execute(model, window_width=args.window, window_height=args.window,
+                                        stride_x=args.stride, stride_y=args.stride, weight_mode="uniform",
+                                        wrap_x=False, window_batch_size=args.batch).result[0]
+    mad = VistaMADAttention.execute(tiled, tau=args.tau, input_blocks=True, middle_block=True,
+                                    output_blocks=True).result[0]
+    cond = bench.encode(clip, bench.PROMPT)
 
-    def run(m, width):
-        latent = torch.zeros(1, 4, args.height // 8, width // 8)
+    def sampling(patched, width: int):
+        latent = bench.empty_latent(patched, args.height, width)
         noise = comfy.sample.prepare_noise(latent, 0)
-        start = time.perf_counter()
-        comfy.sample.sample(m, noise, args.steps, 5.0, "euler", "normal", cond, cond, latent, disable_pbar=True, seed=0)
-        return time.perf_counter() - start
+        return lambda: comfy.sample.sample(patched, noise, args.steps, bench.CFG, "euler", "normal", cond, cond,
+                                           latent, disable_pbar=True, seed=0)
 
-    print(f"{args.steps} euler steps, tau {args.tau}, window {args.window} px, stride {args.stride} px, "
-          f"{args.repeats} alternated runs each")
-    print("width_px  latent   md_s    mad_s   ratio  peak_rss_md_MiB  peak_rss_mad_MiB")
-    stopped = None
+    print(bench.describe(host, args.pack, ckpt_name))
+    print(f"{args.steps} euler steps, cfg {bench.CFG}, tau {args.tau}, window {args.window} px, stride {args.stride} px, "
+          f"batch {args.batch}; {args.rounds} ABBA round(s): {2 * args.rounds} timed runs per side")
+    results = []
     for width in args.widths:
-        run(tiled, width)  # warm-up
-        md, merged, rss_md, rss_mad = [], [], 0.0, 0.0
-        for _ in range(args.repeats):
-            md.append(run(tiled, width))
-            rss_md = peak_rss_mib()
-            merged.append(run(mad, width))
-            rss_mad = peak_rss_mib()
-        ratio = statistics.median(merged) / statistics.median(md)
-        if ratio > 1.10 and stopped is None:
-            stopped = width
-        print(f"{width:8d}  {args.height // 8}x{width // 8:<4d} {statistics.median(md):7.2f} {statistics.median(merged):7.2f} "
-              f"{ratio:6.3f}  {rss_md:15.0f}  {rss_mad:16.0f}")
-    print("ratio <= 1.10 held at every width" if stopped is None else f"ratio <= 1.10 stops holding at {stopped} px")
+        runs = bench.abba(f"canvas {args.height}x{width} px", ("A MultiDiffusion", sampling(tiled, width)),
+                          (f"B MAD tau={args.tau}", sampling(mad, width)), args.rounds, timer)
+        wall, unet = bench.summarise(runs, "MAD / MultiDiffusion", "target wall <= 1.10")
+        results.append((width, wall, unet))
+    print("\nwidth_px  wall_ratio  unet_ratio")
+    for width, wall, unet in results:
+        print(f"{width:8d}  {wall:10.3f}  {unet:10.3f}")
+    over = [width for width, wall, _ in results if wall > 1.10]
+    print("wall ratio <= 1.10 held at every width" if not over else f"wall ratio <= 1.10 stops holding at {over[0]} px")
 
 
 if __name__ == "__main__":

@@ -1,147 +1,143 @@
 """Benchmark Vista Tiled Diffusion (issue [A], item 5).
 
-Prints
-  (a) Vista's tiled sampling wall time ÷ the time of its UNet calls alone (measured in the same
-      run by a DIFFUSION_MODEL wrapper around every network call) — target ≤ 1.05;
-  (b) Vista ÷ shiimizu/ComfyUI-TiledDiffusion in MultiDiffusion mode, identical windows,
-      checkpoint, sampler and seed, each pack in its own host process (that pack patches ComfyUI
-      globally on import), processes alternated — target ≤ 1.0 on CPU, ≤ 0.85 on a GPU.
+Compares
+  (a) Vista's tiled sampling wall time with the time of its UNet calls alone (measured in the
+      same run by a DIFFUSION_MODEL wrapper around every network call): the ratio is Vista's
+      own overhead (cropping, batching, fusion) — target <= 1.05;
+  (b) Vista vs shiimizu/ComfyUI-TiledDiffusion in MultiDiffusion mode (the peer), identical
+      windows, checkpoint, sampler and seed — target wall ratio <= 1.0 on CPU, <= 0.85 on a GPU.
+      That pack patches ComfyUI globally on import, so each pack runs in its own host process;
+      the processes go in ABBA order (vista, peer, peer, vista per round), each does one
+      warm-up run and ``--repeats`` timed runs. Both packs' UNet-only times are printed beside
+      their wall times, so machine noise (both columns move) can be told from a real gap.
+Every run prints one line as it finishes; then medians, min–max and the ratios.
 
 Usage::
 
     COMFYUI_PATH=/path/to/ComfyUI [TILED_DIFFUSION_PATH=/path/to/ComfyUI-TiledDiffusion] \\
-        python bench/tiled.py [--width 1536] [--height 512] [--steps 4] [--rounds 2] [--repeats 2]
+        python bench/tiled.py [--ckpt PATH] [--pack PATH] [--rounds 1] [--repeats 2] [--width 768]
+        [--height 256] [--window 256] [--stride 128] [--batch 4] [--steps 3]
 
-The peer pack is CC BY-NC-SA: it is never vendored; point TILED_DIFFUSION_PATH at a checkout
-(without it only (a) is measured). The random-weight SD1.5 test checkpoint is built with
-tools/make_test_checkpoint.py into VISTA_TEST_CACHE (default ~/.cache/vista-tests).
+The defaults are CPU-sized (256×768 px, 256 px windows, 3 steps, the random-weight SD1.5 test
+checkpoint: a few minutes on 2 cores without the peer, about four times that with it); on a GPU
+pass a real model and size, e.g. ``--ckpt sd15.safetensors --width 3072 --height 512 --window
+512 --stride 128 --steps 20``. Sizes are image pixels. The peer pack is CC BY-NC-SA: it is
+never vendored; point TILED_DIFFUSION_PATH at a checkout (without it only (a) is measured).
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
 import subprocess
 import sys
-import time
+import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as bench  # noqa: E402  (bench helpers; the host is imported lazily)
+
+PEER = "peer TiledDiffusion"
 
 
-def _load(name: str, path: Path, package: bool = False):
-    location = path / "__init__.py" if package else path
-    spec = importlib.util.spec_from_file_location(name, location, submodule_search_locations=[str(path)] if package else None)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def _host_and_checkpoint(host: Path):
-    tool = _load("vista_make_test_checkpoint", ROOT / "tools" / "make_test_checkpoint.py")
-    comfy = tool._import_host(host)
-    import comfy.patcher_extension
-    import comfy.sample
-    import comfy.sd
-
-    cache = Path(os.environ.get("VISTA_TEST_CACHE", Path.home() / ".cache" / "vista-tests"))
-    path = tool.make_checkpoint(cache, host)
-    model, clip, _, _ = comfy.sd.load_checkpoint_guess_config(str(path), output_vae=False, output_clip=True)
-    return comfy, model, clip
-
-
-def _patched(pack: str, model, window: int, stride: int, batch: int):
+def _patched(pack: str, model, args):
     if pack == "vista":
-        _load("vista", ROOT, package=True)
+        bench.load_pack(args.pack)
         from vista.nodes.tiled_diffusion import VistaTiledDiffusion
 
         return VistaTiledDiffusion.execute(
-            model, window_width=window, window_height=window, stride_x=stride, stride_y=stride,
-            weight_mode="uniform", wrap_x=False, window_batch_size=batch).result[0]
-    peer = _load("ComfyUI_TiledDiffusion", Path(os.environ["TILED_DIFFUSION_PATH"]), package=True)
+            model, window_width=args.window, window_height=args.window, stride_x=args.stride, stride_y=args.stride,
+            weight_mode="uniform", wrap_x=False, window_batch_size=args.batch).result[0]
+    peer = bench.load_module("ComfyUI_TiledDiffusion", Path(os.environ["TILED_DIFFUSION_PATH"]), package=True)
     node = peer.tiled_diffusion.TiledDiffusion()
-    return node.apply(model, "MultiDiffusion", window, window, window - stride, batch)[0]
+    return node.apply(model, "MultiDiffusion", args.window, args.window, args.window - args.stride, args.batch)[0]
 
 
 def worker(args) -> None:
-    """One pack in this process: warm-up, then timed runs; prints one JSON line."""
-    import torch
-
-    comfy, model, clip = _host_and_checkpoint(Path(os.environ["COMFYUI_PATH"]))
-    patched = _patched(args.worker, model, args.window, args.stride, args.batch)
-    unet = {"seconds": 0.0, "calls": 0}
-
-    def timed(executor, *a, **kw):
-        start = time.perf_counter()
-        out = executor(*a, **kw)
-        unet["seconds"] += time.perf_counter() - start
-        unet["calls"] += 1
-        return out
-
-    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "vista_bench_timer", timed)
-    cond = clip.encode_from_tokens_scheduled(clip.tokenize("a panorama of a mountain lake"))
-    latent = torch.zeros(1, 4, args.height // 8, args.width // 8)
+    """One pack in this process: one warm-up run, then ``--repeats`` timed runs; one JSON line per run."""
+    host = bench.host_path("bench/tiled.py")
+    comfy = bench.import_host(host)
+    model, clip, ckpt_name = bench.load_checkpoint(comfy, host, args.ckpt)
+    timer = bench.UnetTimer(comfy)
+    timer.attach(model)  # before the pack clones it
+    patched = _patched(args.worker, model, args)
+    pack = args.pack if args.worker == "vista" else Path(os.environ["TILED_DIFFUSION_PATH"])
+    print(json.dumps({"describe": bench.describe(host, pack, ckpt_name)}), flush=True)
+    cond = bench.encode(clip, bench.PROMPT)
+    latent = bench.empty_latent(patched, args.height, args.width)
     noise = comfy.sample.prepare_noise(latent, 0)
+    for i in range(args.repeats + 1):
+        run = bench.timed_run(args.worker, "warm-up" if i == 0 else str(i), lambda: comfy.sample.sample(
+            patched, noise, args.steps, bench.CFG, "euler", "normal", cond, cond, latent, disable_pbar=True, seed=0),
+            timer)
+        print(json.dumps({"run": vars(run)}), flush=True)
+
+
+def _run_worker(pack: str, process: int, args, first: bool) -> list[bench.Run]:
+    """Start one worker process, print its runs as they arrive, return its timed runs."""
+    cmd = [sys.executable, __file__, "--worker", pack, "--pack", str(args.pack), "--width", str(args.width),
+           "--height", str(args.height), "--steps", str(args.steps), "--repeats", str(args.repeats),
+           "--window", str(args.window), "--stride", str(args.stride), "--batch", str(args.batch)]
+    if args.ckpt:
+        cmd += ["--ckpt", str(args.ckpt)]
+    side = "vista" if pack == "vista" else PEER
     runs = []
-    for i in range(args.repeats + 1):  # the first run warms up and is dropped
-        unet.update(seconds=0.0, calls=0)
-        start = time.perf_counter()
-        out = comfy.sample.sample(patched, noise, args.steps, 5.0, "euler", "normal", cond, cond, latent,
-                                  disable_pbar=True, seed=0)
-        wall = time.perf_counter() - start
-        if i:
-            runs.append({"wall": wall, "unet": unet["seconds"], "calls": unet["calls"]})
-    print(json.dumps({"pack": args.worker, "runs": runs, "checksum": float(out.double().abs().mean())}))
-
-
-def _run_worker(pack: str, args) -> dict:
-    cmd = [sys.executable, __file__, "--worker", pack, "--width", str(args.width), "--height", str(args.height),
-           "--steps", str(args.steps), "--repeats", str(args.repeats), "--window", str(args.window),
-           "--stride", str(args.stride), "--batch", str(args.batch)]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if done.returncode:
-        raise SystemExit(f"bench worker {pack} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    with tempfile.TemporaryFile("w+") as log, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True) as proc:
+        for line in proc.stdout:
+            if not line.startswith("{"):
+                continue
+            message = json.loads(line)
+            if "describe" in message and first:
+                print(f"{side}: {message['describe']}", flush=True)
+            if "run" in message:
+                run = bench.Run(**{**message["run"], "side": side})
+                run.index = f"p{process}.{'w' if run.index == 'warm-up' else run.index}"
+                bench.print_run(run)
+                if not run.index.endswith(".w"):
+                    runs.append(run)
+        if proc.wait():
+            log.seek(0)
+            raise SystemExit(f"bench worker {pack} failed:\n{log.read()[-3000:]}")
+    return runs
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--worker", choices=["vista", "peer"])
-    parser.add_argument("--width", type=int, default=1536, help="canvas width, px")
-    parser.add_argument("--height", type=int, default=512, help="canvas height, px")
-    parser.add_argument("--window", type=int, default=512, help="window size, px")
-    parser.add_argument("--stride", type=int, default=128, help="window stride, px (peer overlap = window - stride)")
-    parser.add_argument("--batch", type=int, default=4, help="windows per UNet call (both packs)")
-    parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=2, help="timed runs per worker process (after one warm-up)")
-    parser.add_argument("--rounds", type=int, default=2, help="alternated vista/peer process pairs")
+    bench.add_common_args(parser)
+    parser.add_argument("--worker", choices=["vista", "peer"], help=argparse.SUPPRESS)
+    parser.add_argument("--width", type=int, default=768, help="canvas width, px (default 768)")
+    parser.add_argument("--height", type=int, default=256, help="canvas height, px (default 256)")
+    parser.add_argument("--window", type=int, default=256, help="window size, px (default 256)")
+    parser.add_argument("--stride", type=int, default=128,
+                        help="window stride, px; the peer's overlap = window - stride (default 128)")
+    parser.add_argument("--batch", type=int, default=4, help="windows per UNet call, both packs (default 4)")
+    parser.add_argument("--steps", type=int, default=3, help="euler steps (default 3)")
+    parser.add_argument("--repeats", type=bench.positive_int, default=2,
+                        help="timed runs per worker process, after one warm-up (default 2)")
     args = parser.parse_args()
     if args.worker:
         return worker(args)
-    if not os.environ.get("COMFYUI_PATH"):
-        raise SystemExit("bench/tiled.py: set COMFYUI_PATH to a ComfyUI checkout")
+    bench.host_path("bench/tiled.py")
     packs = ["vista", "peer"] if os.environ.get("TILED_DIFFUSION_PATH") else ["vista"]
-    results = {p: [] for p in packs}
-    for round_ in range(args.rounds):  # ABBA order: neither pack always runs first
-        for pack in packs if round_ % 2 == 0 else packs[::-1]:
-            results[pack] += _run_worker(pack, args)["runs"]
+    order = bench.abba_order(packs, args.rounds) if len(packs) == 2 else packs * args.rounds
+    print(f"canvas {args.height}x{args.width} px, window {args.window} px, stride {args.stride} px, {args.steps} euler "
+          f"steps, cfg {bench.CFG}, batch {args.batch}; worker processes in order {', '.join(order)}, "
+          f"each 1 warm-up + {args.repeats} timed runs" + ("" if len(packs) == 2 else
+                                                          " (TILED_DIFFUSION_PATH unset: no peer)"))
+    bench.print_table_header("runs (pN.i = process N, run i; w = warm-up, not in the summary)")
+    results = {PEER: [], "vista": []} if len(packs) == 2 else {"vista": []}  # A = peer, B = vista
+    for process, pack in enumerate(order, start=1):
+        results["vista" if pack == "vista" else PEER] += _run_worker(pack, process, args, pack not in order[:process - 1])
+    wall, unet = bench.summarise(results, "vista / peer", "target wall <= 1.0 on CPU, <= 0.85 on a GPU")
     vista = results["vista"]
-    overhead = statistics.median(r["wall"] / r["unet"] for r in vista)
-    print(f"canvas {args.width}x{args.height} px, window {args.window} px, stride {args.stride} px, "
-          f"{args.steps} euler steps, batch {args.batch}; {len(vista)} timed runs per pack")
-    print(f"(a) vista wall / UNet-only time: median {overhead:.3f} (target <= 1.05); "
-          f"wall median {statistics.median(r['wall'] for r in vista):.2f}s, UNet calls per run {vista[0]['calls']}")
-    for pack, runs in results.items():
-        print(f"    {pack} wall per run: " + ", ".join(f"{r['wall']:.2f}s" for r in runs))
-    if "peer" in results:
-        peer = results["peer"]
-        ratio = statistics.median(r["wall"] for r in vista) / statistics.median(r["wall"] for r in peer)
-        print(f"(b) vista / TiledDiffusion(MultiDiffusion) wall: {ratio:.3f} (target <= 1.0 CPU, <= 0.85 GPU); "
-              f"peer wall median {statistics.median(r['wall'] for r in peer):.2f}s, "
-              f"peer UNet calls per run {peer[0]['calls']}")
+    overhead = statistics.median(r.wall / r.unet for r in vista)
+    print(f"(a) vista wall / UNet-only time: median {overhead:.3f} (target <= 1.05); UNet calls per run {vista[0].calls}")
+    if PEER in results:
+        peer_overhead = statistics.median(r.wall / r.unet for r in results[PEER])
+        print(f"    peer wall / UNet-only time: median {peer_overhead:.3f}; UNet calls per run {results[PEER][0].calls}")
+        print(f"(b) vista / TiledDiffusion(MultiDiffusion): wall {wall:.3f}, UNet {unet:.3f} "
+              f"(target wall <= 1.0 on CPU, <= 0.85 on a GPU)")
 
 
 if __name__ == "__main__":
