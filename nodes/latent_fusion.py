@@ -12,6 +12,7 @@ from ..core.latent_fusion import sample_latent_fusion
 from ._common import (CanvasPlan, PlanCache, WindowSpec, check_image_latent, check_pixels, check_strides, core_error,
                       latent_factor, mad_tau, refuse_stochastic_flow, throw_if_interrupted, unet_alignment,
                       window_inputs, with_layout)
+from .guidance import GuidanceType, GuidedRun, log_memory
 
 NODE = "Vista Latent Fusion Sampler"
 USE_TILED = "use Vista Tiled Diffusion (prediction fusion) with a stock sampler, which supports it"
@@ -45,8 +46,9 @@ class LatentFusionSampler(comfy.samplers.Sampler):
     :func:`core.latent_fusion.sample_latent_fusion` through ComfyUI's own ``KSAMPLER`` plumbing
     (noise scaling, callback/previews, inverse scaling)."""
 
-    def __init__(self, spec: dict, weight_mode: str, batch_size: int, eta: float, s_noise: float, variance_corrected: bool):
-        self.spec, self.weight_mode, self.batch_size = spec, weight_mode, batch_size
+    def __init__(self, spec: dict, weight_mode: str, batch_size: int, eta: float, s_noise: float, variance_corrected: bool,
+                 guidance=None):
+        self.spec, self.weight_mode, self.batch_size, self.guidance = spec, weight_mode, batch_size, guidance
         self.options = {"eta": eta, "s_noise": s_noise, "variance_corrected": variance_corrected}
 
     def window_spec(self, model_patcher) -> WindowSpec:
@@ -68,15 +70,35 @@ class LatentFusionSampler(comfy.samplers.Sampler):
 
         return setup
 
+    def alignment(self, model_patcher, tau: float | None) -> tuple[int, str]:
+        """Window offset grid of this run: the UNet grid under MAD, even latent px under MSD, else 1."""
+        needs = [(unet_alignment(model_patcher), "a Vista MAD patch")] if tau is not None else []
+        needs += [(self.guidance.min_align, self.guidance.node)] if self.guidance is not None else []
+        needs = [(a, why) for a, why in needs if a > 1]
+        return (max(a for a, _ in needs), " and ".join(why for _, why in needs)) if needs else (1, "")
+
+    def guided(self, model_wrap, extra_args: dict, plan: CanvasPlan, spec: WindowSpec, canvas_hw) -> tuple:
+        """The run's core guidance and the weight copies it holds (``(None, [])`` without guidance)."""
+        if self.guidance is None:
+            return None, []
+        f = spec.factor
+        stride_hw = (min(spec.stride_y // f, plan.windows[0].h), min(spec.stride_x // f, plan.windows[0].w))
+        run = GuidedRun(model_wrap, extra_args["model_options"], extra_args.get("seed"), plan, canvas_hw, stride_hw,
+                        spec.wrap_x, self.weight_mode, self.batch_size)
+        guidance, copies = self.guidance.build(run)
+        log_memory(self.guidance, copies)
+        return guidance, copies
+
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None, disable_pbar=False):
         check_image_latent(NODE, "latent_image", noise)
         reject_unsupported(model_wrap, denoise_mask)
         refuse_stochastic_flow(NODE, model_wrap.model_patcher, self.options["eta"])
         tau = mad_tau(extra_args["model_options"].get("transformer_options", {}))
-        align = unet_alignment(model_wrap.model_patcher) if tau is not None else 1
-        plan = PlanCache(self.window_spec(model_wrap.model_patcher), self.weight_mode).get(
-            tuple(noise.shape[-2:]), align, noise.device, "a Vista MAD patch")
-        options = {"windows": plan.windows, "weights": plan.weights, "batch_size": self.batch_size,
+        spec, canvas_hw = self.window_spec(model_wrap.model_patcher), tuple(noise.shape[-2:])
+        align, reason = self.alignment(model_wrap.model_patcher, tau)
+        plan = PlanCache(spec, self.weight_mode).get(canvas_hw, align, noise.device, reason)
+        guidance, copies = self.guided(model_wrap, extra_args, plan, spec, canvas_hw)
+        options = {"windows": plan.windows, "weights": plan.weights, "batch_size": self.batch_size, "guidance": guidance,
                    "before_batch": throw_if_interrupted, "step_setup": self.step_setup(plan, tau, noise.shape[0]),
                    **self.options}
         inner = comfy.samplers.KSAMPLER(sample_latent_fusion, extra_options=options)
@@ -84,6 +106,8 @@ class LatentFusionSampler(comfy.samplers.Sampler):
             return inner.sample(model_wrap, sigmas, extra_args, callback, noise, latent_image, denoise_mask, disable_pbar)
         except VistaInputError as e:
             raise core_error(NODE, e) from e
+        finally:
+            del guidance, copies  # the weight copies are held only while this run samples
 
 
 class VistaLatentFusionSampler(io.ComfyNode):
@@ -100,7 +124,7 @@ class VistaLatentFusionSampler(io.ComfyNode):
                 "Variance-Corrected Fusion (GVCF eq. 14) restores the noise variance. eta = 0 is DDIM/euler and "
                 "equals Vista Tiled Diffusion + euler. Cost: about (number of windows) model calls per step. "
                 "Not for inpainting masks, area/mask conditioning, ControlNet or c_concat models: use Vista Tiled "
-                "Diffusion for those."
+                "Diffusion for those. Optional gradient guidance: Vista SyncDiffusion or Vista Multi-Scale Diffusion."
             ),
             inputs=[
                 *window_inputs("guided", " While Vista MAD is active (its first tau of the steps), all windows go in one "
@@ -113,6 +137,9 @@ class VistaLatentFusionSampler(io.ComfyNode):
                 io.Boolean.Input("variance_corrected", default=True,
                                  tooltip="Variance-Corrected Fusion (GVCF eq. 14) for stochastic steps (eta > 0): keeps the "
                                          "fused noise at full variance so overlaps do not blur. No effect at eta = 0."),
+                GuidanceType.Input("guidance", optional=True,
+                                   tooltip="Gradient guidance of the windows before each step: Vista SyncDiffusion or "
+                                           "Vista Multi-Scale Diffusion."),
             ],
             outputs=[io.Sampler.Output(tooltip="A SAMPLER for SamplerCustom / SamplerCustomAdvanced.")],
             is_experimental=True,
@@ -124,7 +151,9 @@ class VistaLatentFusionSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, window_width: int, window_height: int, stride_x: int, stride_y: int, weight_mode: str,
-                wrap_x: bool, window_batch_size: int, eta: float, s_noise: float, variance_corrected: bool) -> io.NodeOutput:
+                wrap_x: bool, window_batch_size: int, eta: float, s_noise: float, variance_corrected: bool,
+                guidance=None) -> io.NodeOutput:
         spec = {"window_width": window_width, "window_height": window_height, "stride_x": stride_x,
                 "stride_y": stride_y, "wrap_x": wrap_x}
-        return io.NodeOutput(LatentFusionSampler(spec, weight_mode, window_batch_size, eta, s_noise, variance_corrected))
+        return io.NodeOutput(LatentFusionSampler(spec, weight_mode, window_batch_size, eta, s_noise, variance_corrected,
+                                                 guidance))

@@ -35,9 +35,13 @@ ANIMATED_OUTPUTS = ("SaveAnimatedWEBP", "SaveAnimatedPNG")
 def fast(prompt: dict, steps: int = STEPS) -> dict:
     """The prompt with fewer sampling steps (speed only; documented override).
 
-    Touches the ``steps`` of KSampler(Advanced) and of sigma schedulers (BasicScheduler, …).
+    Touches the ``steps`` of KSampler(Advanced) and of sigma schedulers (BasicScheduler, …). A workflow with
+    Vista Multi-Scale Diffusion gets at least 2 steps: it guides the first round(0.3 x steps) steps, which is
+    none of 1 step, and the e2e run must exercise the guidance.
     """
     prompt = copy.deepcopy(prompt)
+    if nodes_of(prompt, "VistaMultiScaleDiffusion"):
+        steps = max(steps, 2)
     for node in prompt.values():
         kind, value = node["class_type"], node["inputs"].get("steps")
         if (kind in SAMPLERS or kind.endswith("Scheduler")) and isinstance(value, int):
