@@ -268,3 +268,59 @@ def summarise(runs: dict[str, list[Run]], ratio_label: str | None = None, target
     print(f"  ratio {label}: wall {wall:.3f}, UNet {unet:.3f} (of the medians)" + (f"  ({target})" if target else ""),
           flush=True)
     return wall, unet
+
+
+def checkpoint_path(host: Path, ckpt: Path | None) -> Path:
+    """``ckpt``, checked, or the random-weight SD1.5 test checkpoint (built into ``$VISTA_TEST_CACHE``) when None."""
+    if ckpt is None:
+        cache = Path(os.environ.get("VISTA_TEST_CACHE", Path.home() / ".cache" / "vista-tests"))
+        return _tool().make_checkpoint(cache, host)
+    ckpt = ckpt.expanduser()
+    if not ckpt.is_file():
+        raise SystemExit(f"--ckpt {ckpt}: no such file")
+    return ckpt
+
+
+def _proc_status_mib(field: str) -> float | None:
+    """A ``kB`` field of /proc/self/status (``VmRSS``, ``VmHWM``) in MiB, or None off Linux."""
+    try:
+        text = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    found = re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE)
+    return int(found.group(1)) / 1024 if found else None
+
+
+def reset_peak_memory() -> float:
+    """Start a per-run peak: returns the memory in use now, MiB (GPU: allocated; CPU: RSS).
+
+    GPU: ``torch.cuda.reset_peak_memory_stats``. CPU (Linux): freed heap is handed back to the OS
+    (``malloc_trim``) and the process's peak RSS (VmHWM) is reset through /proc/self/clear_refs, so
+    :func:`peak_memory_mib` reports this run's peak and not an earlier run's; elsewhere it falls
+    back to ``ru_maxrss`` (the process's peak so far).
+    """
+    import ctypes
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated() / 2**20
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        Path("/proc/self/clear_refs").write_text("5")
+    except (OSError, AttributeError):
+        return peak_rss_mib()
+    return _proc_status_mib("VmRSS") or peak_rss_mib()
+
+
+def peak_memory_mib() -> float:
+    """Peak memory since :func:`reset_peak_memory`, MiB: GPU ``max_memory_allocated``, CPU peak RSS (VmHWM)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return _proc_status_mib("VmHWM") or peak_rss_mib()

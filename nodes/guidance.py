@@ -98,6 +98,10 @@ def load_taesd(model_patcher):
                          f"model in ComfyUI's 'vae_approx' folder ({folders}); download it from "
                          f"https://github.com/madebyollin/taesd or set decoder=vae")
     sd = {f"taesd_decoder.{k}": v for k, v in comfy.utils.load_torch_file(folder_paths.get_full_path("vae_approx", files[0])).items()}
+    encoder = [f for f in folder_paths.get_filename_list("vae_approx") if f.startswith(name.replace("_decoder", "_encoder") + ".")]
+    if encoder:  # ComfyUI's own TAESD loader needs both; with the encoder present the VAE loads without a missing-keys warning
+        sd.update({f"taesd_encoder.{k}": v for k, v in
+                   comfy.utils.load_torch_file(folder_paths.get_full_path("vae_approx", encoder[0])).items()})
     sd["vae_scale"] = torch.tensor(float(getattr(fmt, "scale_factor", 1.0)))
     sd["vae_shift"] = torch.tensor(float(getattr(fmt, "shift_factor", 0.0) or 0.0))
     return comfy.sd.VAE(sd=sd)
