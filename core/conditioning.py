@@ -4,6 +4,8 @@ Everything spatial that a window sees must be cropped with it (DESIGN.md): ``c_c
 (inpainting/instruct models), masks and ControlNet residuals, which arrive canvas-sized in
 the model call. Per-sample tensors (prompt embeddings, pooled vectors, timesteps) are
 repeated for every window, window-major (the order of :func:`~core.windows.crop_windows`).
+SDXL's ``y`` can also be told each window's crop offset and size
+(:func:`~core.micro_conditioning.window_size_conditioning`).
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
+from .micro_conditioning import window_size_conditioning
 from .windows import Window, crop_windows, grid_scale, repeat_for_windows
 
 __all__ = ["feature_scale", "window_call_kwargs"]
@@ -28,7 +31,8 @@ def feature_scale(canvas_hw: Sequence[int], feature_hw: Sequence[int]) -> int:
     return grid_scale(tuple(canvas_hw), tuple(feature_hw))
 
 
-def window_call_kwargs(c: dict, canvas_hw: Sequence[int], windows: Sequence[Window]) -> dict:
+def window_call_kwargs(c: dict, canvas_hw: Sequence[int], windows: Sequence[Window],
+                       size_factor: int | None = None) -> dict:
     """The keyword arguments of a canvas model call, rewritten for a batch of windows.
 
     Args:
@@ -37,11 +41,13 @@ def window_call_kwargs(c: dict, canvas_hw: Sequence[int], windows: Sequence[Wind
             residuals ``(B, C, H_s, W_s)`` at each UNet block's scale.
         canvas_hw: ``(H, W)`` of the canvas latent.
         windows: the ``n`` windows of this call.
+        size_factor: image px per latent px when ``y`` is SDXL's vector and each window should be
+            told its own crop offset and size (SDXL micro-conditioning); None repeats ``y`` as is.
 
     Returns:
         A new dict: ``(B, C, H, W)`` tensors cropped to ``(n·B, C, h, w)``, residuals cropped at
         their block scale, other tensors with a batch dim repeated to ``n·B`` (window-major),
-        everything else passed through unchanged.
+        ``y`` per window with ``size_factor``, everything else passed through unchanged.
     """
     windows = tuple(windows)
     out = {}
@@ -55,4 +61,6 @@ def window_call_kwargs(c: dict, canvas_hw: Sequence[int], windows: Sequence[Wind
             out[key] = repeat_for_windows(value, len(windows))
         else:
             out[key] = value
+    if size_factor is not None and isinstance(out.get("y"), torch.Tensor):
+        out["y"] = window_size_conditioning(out["y"], windows, size_factor)
     return out
