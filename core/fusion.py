@@ -13,7 +13,10 @@ weights): too little, so the image blurs. Variance-Corrected Fusion restores it:
         + (1 - W / sqrt(sum_i w_i^2)) * sum_i w_i mu_i / W           (GVCF eq. 14)
 
 which has mean ``sum_i w_i mu_i / W`` and noise variance ``sigma_up^2``; with equal
-weights it is GVCF eq. 13. A sampler processes windows in batches, so the sums are kept
+weights it is GVCF eq. 13. The same formula serves flow-matching models (SD3, Flux), whose
+ancestral step is ``x_i = mu_i + renoise * eps_i`` with ``mu_i`` including the
+``(1 - sigma_next)/(1 - sigma_down)`` rescale (:mod:`core.flow_matching`): the fused noise keeps
+``renoise^2`` (derivation in :func:`finish_variance_corrected`). A sampler processes windows in batches, so the sums are kept
 in a :class:`FusionSums` accumulator: :func:`fusion_sums` makes one,
 :func:`accumulate_fusion` adds a window batch, :func:`finish_average` or
 :func:`finish_variance_corrected` returns the canvas.
@@ -169,6 +172,26 @@ def finish_variance_corrected(sums: FusionSums) -> torch.Tensor:
 
     ``x = sum w_i x_i / sqrt(sum w_i^2) + (1 - W / sqrt(sum w_i^2)) * sum w_i mu_i / W``.
     Where one window covers a pixel this is that window's ``x_i``.
+
+    Derivation, for any ancestral step of the form ``x_i = mu_i + r * eps_i`` (one pixel, windows
+    ``i`` over it, ``eps_i`` independent standard normals, the same ``r`` for every window because all
+    share the step ``sigma -> sigma_next``). Write ``S = sqrt(sum w_i^2)``:
+
+    * mean: ``E[x] = sum w_i mu_i / S + sum w_i mu_i / W - sum w_i mu_i / S = sum w_i mu_i / W``, the
+      MultiDiffusion (GVCF eq. 8) average of the window means;
+    * noise: ``x - E[x] = r * sum w_i eps_i / S``, variance ``r^2 * sum w_i^2 / S^2 = r^2``.
+
+    k-diffusion's step (SD): ``mu_i = d_i + (sigma_down / sigma)(x_i - d_i)``, ``r = s_noise * sigma_up``.
+    Rectified-flow step (SD3, Flux; ComfyUI ``sample_euler_ancestral_RF``, :func:`~core.flow_matching.rf_step`):
+    ``mu_i = (1 - sigma_next)/(1 - sigma_down) * (d_i + (sigma_down / sigma)(x_i - d_i))`` and
+    ``r = s_noise * noise_scale * renoise``, ``renoise^2 = sigma_next^2 - sigma_down^2 (1 - sigma_next)^2 / (1 - sigma_down)^2``.
+    Two conditions make the flow case exact: ``mu_i`` must include the rescale (it is linear, so
+    rescaling the fused mean instead is the same), and the rescale must not touch the fresh noise.
+    Then the fused pixel is ``(1 - sigma_next)/(1 - sigma_down) * euler-mean + renoise-noise``, whose
+    noise variance ``((1 - sigma_next) sigma_down / (1 - sigma_down))^2 + renoise^2 = sigma_next^2`` is the
+    flow marginal's (the ``eps`` carried in the mean is the canvas's own noise, common to all windows,
+    so averaging the means keeps it whole). The plain average would leave ``r^2 sum w_i^2 / W^2``
+    (``renoise^2 / n`` for ``n`` equal windows).
 
     Shape: → ``(B, C, H, W)`` in the accumulation dtype.
 

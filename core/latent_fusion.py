@@ -10,9 +10,14 @@ Fused Patches with SDE Samplers"; DESIGN.md, "Two ways of fusing windows"). Each
    batches: ``d_i = D(x_i, sigma)``;
 3. each window steps on its own: mean ``mu_i = d_i + (sigma_down / sigma)(x_i - d_i)`` and
    ``x_i' = mu_i + sigma_up * s_noise * eps_i`` with independent per-window noise
-   (ancestral step, :func:`get_ancestral_step`; ``eta = 0`` is the deterministic DDIM/euler step);
+   (ancestral step, :func:`get_ancestral_step`; ``eta = 0`` is the deterministic DDIM/euler step).
+   Flow-matching models (SD3, Flux: ``x = (1 - sigma) x0 + sigma eps``) take ComfyUI's
+   ``sample_euler_ancestral_RF`` step instead (:func:`~core.flow_matching.rf_step`):
+   ``mu_i = (1 - sigma_next)/(1 - sigma_down) * (d_i + (sigma_down / sigma)(x_i - d_i))`` and noise
+   ``renoise * s_noise * noise_scale``;
 4. fuse the ``x_i'`` by weighted average (GVCF eq. 8), or by Variance-Corrected Fusion
-   (GVCF eq. 14) when the step is stochastic, so the fused noise keeps variance ``sigma_up^2``.
+   (GVCF eq. 14) when the step is stochastic, so the fused noise keeps the step's noise variance
+   (``sigma_up^2``, or ``renoise^2`` for flow models; derivation in :func:`~core.fusion.finish_variance_corrected`).
 
 With ``eta = 0`` this equals prediction fusion (:func:`~core.multidiffusion.multidiffusion_predict`
 fed to euler): the step is linear in the prediction.
@@ -28,6 +33,7 @@ import torch
 from tqdm.auto import trange
 
 from .checks import check, check_shape
+from .flow_matching import ancestral_step
 from .fusion import accumulate_fusion, check_on_canvas, finish_average, finish_variance_corrected, fusion_sums
 from .multidiffusion import chunks
 from .noise_streams import step_generator
@@ -101,6 +107,10 @@ class LatentFusionOptions:
         variance_corrected: fuse stochastic steps with GVCF eq. 14 instead of the average.
         guidance: gradient guidance of the windows, see :class:`Guidance`.
         before_batch: called before each window batch (interrupt checks, progress).
+        flow_matching: the model is a flow-matching one (``x = (1 - sigma) x0 + sigma eps``): take the
+            rectified-flow ancestral step (:func:`~core.flow_matching.rf_step`), else k-diffusion's.
+        noise_scale: the model's training noise scale; multiplies ``s_noise`` (ComfyUI v0.33.0's
+            ``model_sampling.noise_scale``; 1 for every SD/SD3/Flux model).
     """
 
     windows: tuple[Window, ...]
@@ -111,6 +121,8 @@ class LatentFusionOptions:
     variance_corrected: bool = True
     guidance: Guidance | None = None
     before_batch: Callable[[], None] | None = None
+    flow_matching: bool = False
+    noise_scale: float = 1.0
 
 
 def get_ancestral_step(sigma_from: float, sigma_to: float, eta: float = 1.0) -> tuple[float, float]:
@@ -202,8 +214,9 @@ def latent_fusion_step(
         ``(x_next, denoised)``: the fused window latents at ``sigma_next`` and the fused
         denoised prediction, both ``(B, C, H, W)`` in ``x``'s dtype.
     """
-    sigma_down, sigma_up = get_ancestral_step(float(sigma), float(sigma_next), opts.eta)
-    vcf = opts.variance_corrected and sigma_up > 0
+    step = ancestral_step(float(sigma), float(sigma_next), opts.eta, opts.flow_matching)
+    noise_std = step.noise * opts.s_noise * opts.noise_scale
+    vcf = opts.variance_corrected and noise_std > 0
     B, C, H, W = x.shape
     state = None if opts.guidance is None or ctx is None else opts.guidance.begin_step(x, ctx)
     steps = fusion_sums(B, C, H, W, with_mean=vcf, dtype=x.dtype, device=x.device)
@@ -214,10 +227,10 @@ def latent_fusion_step(
         weights = opts.weights[start : start + len(chunk)]
         guide = None if state is None else (lambda x_w, chunk=chunk: opts.guidance.guide(x_w, chunk, ctx, state))
         x_w, d_w = denoise_windows(model, x, sigma, chunk, extra_args, guide)
-        mu_w = ancestral_mean(x_w, d_w, float(sigma), sigma_down)
+        mu_w = step.mean(x_w, d_w)
         x_next_w = mu_w
-        if sigma_up > 0:  # each window draws its own noise (ancestral step)
-            x_next_w = mu_w + window_noise(generator, mu_w, len(chunk)) * (sigma_up * opts.s_noise)
+        if noise_std > 0:  # each window draws its own noise (ancestral step)
+            x_next_w = mu_w + window_noise(generator, mu_w, len(chunk)) * noise_std
         accumulate_fusion(steps, x_next_w, chunk, weights, mu_w if vcf else None)
         accumulate_fusion(dens, d_w, chunk, weights)
     x_next = finish_variance_corrected(steps) if vcf else finish_average(steps)
@@ -235,6 +248,7 @@ def _check_sampler_inputs(x: torch.Tensor, sigmas: torch.Tensor, opts: LatentFus
     check(opts.batch_size >= 1, f"batch_size must be >= 1 window, got {opts.batch_size}")
     check(opts.eta >= 0, f"eta must be >= 0, got {opts.eta}")
     check(opts.s_noise >= 0, f"s_noise must be >= 0, got {opts.s_noise}")
+    check(opts.noise_scale >= 0, f"noise_scale must be >= 0, got {opts.noise_scale}")
     H, W = x.shape[-2:]
     check_on_canvas(opts.windows, H, W)
     holes = int((total_weight(opts.windows, opts.weights, H, W) <= 0).sum())
@@ -259,6 +273,8 @@ def sample_latent_fusion(
     guidance: Guidance | None = None,
     before_batch: Callable[[], None] | None = None,
     step_setup: StepSetup | None = None,
+    flow_matching: bool = False,
+    noise_scale: float = 1.0,
 ) -> torch.Tensor:
     """Latent-fusion MultiDiffusion sampler, k-diffusion form (GVCF eq. 8, eq. 14).
 
@@ -280,6 +296,9 @@ def sample_latent_fusion(
         guidance: gradient guidance of the windows (SyncDiffusion, MSD), see :class:`Guidance`.
         before_batch: called before every window batch (interrupt checks).
         step_setup: per-step model arguments and window batch size, see :data:`StepSetup`.
+        flow_matching: the model samples by flow matching (SD3, Flux; ComfyUI's CONST): stochastic steps
+            are ComfyUI's ``sample_euler_ancestral_RF`` step (:func:`~core.flow_matching.rf_step`).
+        noise_scale: multiplies ``s_noise`` (ComfyUI v0.33.0 ``model_sampling.noise_scale``; default 1).
 
     Shape: ``x (B, C, H, W)`` → ``(B, C, H, W)``.
 
@@ -292,7 +311,8 @@ def sample_latent_fusion(
     0.0
     """
     extra_args = {} if extra_args is None else extra_args
-    opts = LatentFusionOptions(tuple(windows), weights, batch_size, eta, s_noise, variance_corrected, guidance, before_batch)
+    opts = LatentFusionOptions(tuple(windows), weights, batch_size, eta, s_noise, variance_corrected, guidance, before_batch,
+                               flow_matching, noise_scale)
     _check_sampler_inputs(x, sigmas, opts)
     generator = step_generator(extra_args.get("seed"), x.device)
     n_steps = len(sigmas) - 1

@@ -28,6 +28,7 @@ from kornia.geometry.transform import pyrup
 from tqdm.auto import trange
 
 from .checks import check, check_range, check_shape
+from .flow_matching import ancestral_step
 from .noise_streams import step_generator
 
 __all__ = [
@@ -456,7 +457,8 @@ def _check_sampler(x: torch.Tensor, sigmas: torch.Tensor, p: int, eta: float, ph
 def sample_zoom_stack(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
                       callback: Callable | None = None, disable: bool | None = None, *, p: int, eta: float = 1.0,
                       s_noise: float = 1.0, photo_guidance: PhotoZoom | None = None,
-                      before_step: Callable[[], None] | None = None) -> torch.Tensor:
+                      before_step: Callable[[], None] | None = None, flow_matching: bool = False,
+                      noise_scale: float = 1.0) -> torch.Tensor:
     """Multi-scale joint sampling of a zoom stack (paper Alg. 2), k-diffusion sampler form.
 
     Per step: predict every level's ``x̂_i`` from its own noisy image, optionally apply photo
@@ -471,8 +473,12 @@ def sample_zoom_stack(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, ex
     the first step's noise the initial noise again, and the noisy stack after step 1 would
     carry it twice).
 
-    The step is the k-diffusion (variance-exploding) ancestral step, ``x = x0 + sigma·eps``;
-    for flow-matching models (``x = (1 - sigma)·x0 + sigma·eps``) only ``eta = 0`` is exact.
+    The step is the k-diffusion (variance-exploding) ancestral step for ``x = x0 + sigma·eps``, or with
+    ``flow_matching`` ComfyUI's rectified-flow step ``sample_euler_ancestral_RF`` for
+    ``x = (1 - sigma)·x0 + sigma·eps`` (SD3, Flux; :func:`~core.flow_matching.rf_step`): the euler part
+    is rescaled by ``(1 - sigma_next)/(1 - sigma_down)`` and the zoom-consistent noise is scaled by
+    ``renoise``. ``Π_noise`` renders i.i.d. ``N(0, 1)`` noise at every level, so each level's fresh
+    noise has the step's variance ``(s_noise · noise · noise_scale)^2`` in either form.
 
     Args:
         model: ``model(x, sigma * ones(N), **extra_args) -> x̂`` (each level's own prompt).
@@ -483,6 +489,8 @@ def sample_zoom_stack(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, ex
         disable: disable the progress bar.
         p: zoom factor, 2 or 4.
         eta, s_noise: ancestral noise amount and scale.
+        flow_matching: the model samples by flow matching (ComfyUI's CONST sampling): take the RF step.
+        noise_scale: multiplies ``s_noise`` (ComfyUI v0.33.0 ``model_sampling.noise_scale``; default 1).
         photo_guidance: optional :class:`PhotoZoom`.
         before_step: called at the start of every step (interrupt checks).
 
@@ -490,6 +498,7 @@ def sample_zoom_stack(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, ex
     """
     extra_args = {} if extra_args is None else extra_args
     _check_sampler(x, sigmas, p, eta, photo_guidance)
+    check(noise_scale >= 0, f"noise_scale must be >= 0, got {noise_scale}")
     generator = step_generator(extra_args.get("seed"))  # CPU, like zoom_noise: same seed, same stack everywhere
     s_in, total = x.new_ones(x.shape[0]), len(sigmas) - 1
     for i in trange(total, disable=disable):
@@ -505,8 +514,8 @@ def sample_zoom_stack(model: Callable, x: torch.Tensor, sigmas: torch.Tensor, ex
         if sigma_next == 0:
             x = denoised
             continue
-        sigma_down, sigma_up = ancestral_sigmas(sigma, sigma_next, eta)
-        x = denoised + (sigma_down / sigma) * (x - denoised)
-        if sigma_up > 0:
-            x = x + zoom_noise(tuple(x.shape), p, generator, dtype=x.dtype, device=x.device) * s_noise * sigma_up
+        step = ancestral_step(sigma, sigma_next, eta, flow_matching)
+        x = step.mean(x, denoised)
+        if step.noise > 0:
+            x = x + zoom_noise(tuple(x.shape), p, generator, dtype=x.dtype, device=x.device) * (s_noise * noise_scale * step.noise)
     return x

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from vista.core.checks import VistaInputError
+from vista.core.flow_matching import rf_step
 from vista.core.latent_fusion import (
     LatentFusionOptions,
     ancestral_mean,
@@ -309,3 +310,115 @@ class TestStepSetup:
         with pytest.raises(VistaInputError, match="batch_size 0"):
             sample_latent_fusion(lambda x, s: x, torch.zeros(1, 1, 8, 8), torch.tensor([1.0, 0.0]), disable=True,
                                  windows=windows, weights=window_weights(windows), step_setup=lambda i, n, a: (a, 0))
+
+
+def euler_ancestral_rf(denoise, x, sigmas, eta, seed, s_noise=1.0):
+    """ComfyUI's sample_euler_ancestral_RF, transcribed from its formula (DESIGN.md), on the whole canvas;
+    noise from Vista's step stream for ``seed`` (the host draws it from its own noise_sampler)."""
+    g = torch.Generator().manual_seed(step_noise_seed(seed))
+    for s, s_next in zip(sigmas[:-1].tolist(), sigmas[1:].tolist()):
+        d = denoise(x, torch.full((x.shape[0],), s, dtype=x.dtype))
+        if s_next == 0:
+            return d
+        sigma_down = s_next * (1 + (s_next / s - 1) * eta)
+        alpha_ip1, alpha_down = 1 - s_next, 1 - sigma_down
+        renoise = (s_next**2 - sigma_down**2 * alpha_ip1**2 / alpha_down**2) ** 0.5
+        ratio = sigma_down / s
+        x = ratio * x + (1 - ratio) * d
+        if eta > 0:
+            x = (alpha_ip1 / alpha_down) * x + torch.randn(x.shape, generator=g, dtype=x.dtype) * s_noise * renoise
+    return x
+
+
+def periodic_data(period, shape, seed):
+    """A one-point data set {c} whose c repeats every ``period`` latent px, and its exact denoiser.
+
+    With window offsets on multiples of ``period`` every window crop of c is the same tile, so the exact
+    denoiser of {c} (x0_hat = c's crop whatever the input) is one tensor for every window batch.
+    """
+    B, C, H, W = shape
+    tile = torch.randn(1, C, period, period, generator=torch.Generator().manual_seed(seed), dtype=F64)
+    c = tile.repeat(B, 1, H // period, W // period)
+    return c, lambda x_w, sigma, **extra: c[:1, :, : x_w.shape[-2], : x_w.shape[-1]].expand_as(x_w)
+
+
+class TestFlowMatching:
+    """Issue [M]: flow-matching models (SD3, Flux) step with ComfyUI's sample_euler_ancestral_RF; VCF keeps renoise^2."""
+
+    sigmas = torch.tensor([1.0, 0.8, 0.55, 0.3, 0.0], dtype=F64)
+
+    @pytest.mark.parametrize("eta, vcf", [(1.0, True), (1.0, False), (0.5, True)])
+    def test_one_window_is_euler_ancestral_rf(self, eta, vcf):
+        """One window = canvas with the same noise stream = the host's RF sampler (float64, tolerance 1e-10)."""
+        net = TinyConvDenoiser(channels=16)
+        x = torch.randn(2, 16, 16, 16, generator=torch.Generator().manual_seed(1), dtype=F64)
+        out = run(x, self.sigmas, plan_windows(16, 16, 16, 16, 8, 8), model=as_model(net), eta=eta, variance_corrected=vcf,
+                  extra_args={"seed": 5}, flow_matching=True)
+        torch.testing.assert_close(out, euler_ancestral_rf(net, x, self.sigmas, eta, 5), rtol=1e-10, atol=1e-10)
+
+    def test_eta0_is_the_same_for_both_forms(self):
+        """eta = 0 is the euler step of the flow ODE in either form (exact for flow models already)."""
+        windows = plan_windows(16, 40, 16, 16, 8, 8)
+        x = torch.randn(1, 4, 16, 40, generator=torch.Generator().manual_seed(2), dtype=F64)
+        torch.testing.assert_close(run(x, self.sigmas, windows, flow_matching=True), run(x, self.sigmas, windows),
+                                   rtol=1e-12, atol=1e-12)
+
+    @pytest.mark.parametrize("mode", ["uniform", "guided"])
+    def test_one_step_variance(self, mode):
+        """One RF step (eta 1) of the exact denoiser of a one-point data set from a fixed canvas, B = 4000 samples.
+
+        Every window's step is ``x_i' = scale (r x_i + (1 - r) c) + renoise eps_i``. Per pixel, the variance is
+        ``renoise^2 sum w^2 / W^2`` without VCF (``renoise^2 / n`` for n uniform windows: n = 1, 2, 4 here) and
+        ``renoise^2`` with VCF. Tolerance: 12 % relative per pixel (> 5 standard errors of a variance over 4000
+        samples, sqrt(2/3999) = 2.2 %); the mean must be the step mean within 0.03 (> 5 standard errors
+        renoise / sqrt(4000) = 0.0046 here).
+        """
+        B, sigma, sigma_next = 4000, 0.8, 0.5
+        windows = plan_windows(12, 20, 8, 8, 4, 4)
+        weights = window_weights(windows, mode, dtype=F64)
+        c, model = periodic_data(4, (1, 1, 12, 20), seed=3)
+        noise = torch.randn(1, 1, 12, 20, generator=torch.Generator().manual_seed(4), dtype=F64)
+        x = ((1 - sigma) * c + sigma * noise).repeat(B, 1, 1, 1)
+        step = rf_step(sigma, sigma_next, 1.0)
+        W, W2 = total_weight(windows, weights, 12, 20), total_weight(windows, weights**2, 12, 20)
+        sigmas = torch.tensor([sigma, sigma_next], dtype=F64)
+        for vcf, expected in [(False, step.noise**2 * W2 / W**2), (True, torch.full_like(W, step.noise**2))]:
+            out = run(x, sigmas, windows, weights, model=model, eta=1.0, variance_corrected=vcf, batch_size=8,
+                      flow_matching=True)
+            torch.testing.assert_close(out.var(0, keepdim=True) / expected, torch.ones_like(W), rtol=0, atol=0.12)
+            torch.testing.assert_close(out.mean(0), step.mean(x[0], c[0]), rtol=0, atol=0.03)
+
+    def test_toy_run_ends_on_the_flow_marginal(self):
+        """Issue [M]: 8 stochastic steps (eta 1, VCF, 3x5 overlapping windows) from pure noise at sigma 1 to 0.2 with the
+        exact denoiser of a one-point data set {c}: the canvas must end at (1 - 0.2) c + 0.2 eps, i.e. the residual
+        ``(x - 0.8 c) / 0.2`` has variance 1 (tolerance 0.05; 16 x 4 x 32 x 48 = 98k pixels, standard error 0.5 %).
+        The SD-form step on the same flow model (the code before this change) ends far from it."""
+        windows = plan_windows(32, 48, 16, 16, 8, 8)
+        c, model = periodic_data(8, (16, 4, 32, 48), seed=5)
+        x = torch.randn(16, 4, 32, 48, generator=torch.Generator().manual_seed(6), dtype=F64)
+        sigmas = torch.linspace(1.0, 0.2, 9, dtype=F64)
+        ratios = {}
+        for flow in (True, False):
+            out = run(x, sigmas, windows, model=model, eta=1.0, extra_args={"seed": 6}, flow_matching=flow, batch_size=15)
+            ratios[flow] = ((out - 0.8 * c) / 0.2).var().item()
+        print(f"\nresidual variance / sigma_end^2: RF step {ratios[True]:.3f}, SD-form step {ratios[False]:.3f}")
+        assert abs(ratios[True] - 1) < 0.05 and abs(ratios[False] - 1) > 0.3
+
+    def test_noise_scale_multiplies_the_step_noise(self):
+        """ComfyUI v0.33.0 multiplies s_noise by model_sampling.noise_scale: the fresh noise doubles with noise_scale 2."""
+        windows = plan_windows(8, 8, 8, 8, 8, 8)
+        x, sigmas = torch.randn(1, 4, 8, 8, dtype=F64), torch.tensor([0.8, 0.5], dtype=F64)
+        base = run(x, sigmas, windows, model=zeros_model, eta=1.0, flow_matching=True, variance_corrected=False)
+        twice = run(x, sigmas, windows, model=zeros_model, eta=1.0, flow_matching=True, noise_scale=2.0)
+        mean = rf_step(0.8, 0.5, 1.0).mean(x, torch.zeros_like(x))
+        torch.testing.assert_close(twice - mean, 2 * (base - mean), rtol=1e-10, atol=1e-12)
+
+    def test_exception_noise_scale(self):
+        with pytest.raises(VistaInputError, match="noise_scale must be >= 0"):
+            run(torch.zeros(1, 4, 8, 8, dtype=F64), self.sigmas, plan_windows(8, 8, 8, 8, 8, 8), flow_matching=True, noise_scale=-1.0)
+
+    def test_exception_sigma_one(self):
+        with pytest.raises(VistaInputError, match="sigma_next < 1"):
+            run(torch.zeros(1, 4, 8, 8, dtype=F64), torch.tensor([1.0, 1.0, 0.0], dtype=F64), plan_windows(8, 8, 8, 8, 8, 8),
+                eta=1.0, flow_matching=True)
+
