@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import comfy.model_base
 import comfy.model_management
 import comfy.model_sampling
 from comfy_api.latest import io
@@ -28,22 +29,62 @@ def latent_factor(model) -> int:
     return int(getattr(fmt, "spacial_downscale_ratio", HOST_DEFAULT_LATENT_FACTOR))
 
 
+def takes_size_conditioning(model) -> bool:
+    """Whether the model reads SDXL's size/crop micro-conditioning from ``y``.
+
+    ComfyUI builds ``comfy.model_base.SDXL`` (whose ``encode_adm`` appends the six size fields) for SDXL
+    and every checkpoint it detects as its relative (SSD-1B, Segmind Vega, KOALA, Playground, …);
+    the refiner (``SDXLRefiner``) has another layout and is not one of them.
+    """
+    return isinstance(model.model, comfy.model_base.SDXL)
+
+
+def size_conditioning_input() -> io.Boolean.Input:
+    """The per-window SDXL micro-conditioning switch shared by the windowed nodes (optional: older
+    workflows without it load with the default)."""
+    return io.Boolean.Input(
+        "window_size_conditioning", default=True, optional=True,
+        tooltip="SDXL-family models only (no effect on others): tell each window its own crop and size in SDXL's "
+                "micro-conditioning: original size = the canvas, crop = the window's offset in px, target size = "
+                "the window size, which is what the UNet sees (SDXL was trained that way). Off: every window is "
+                "told it is the whole canvas at crop (0, 0), ComfyUI's default for the canvas.")
+
+
 def is_flow_matching(model) -> bool:
     """Whether the model samples by flow matching (ComfyUI's CONST sampling: SD3, Flux, AuraFlow, …)."""
     return isinstance(model.get_model_object("model_sampling"), comfy.model_sampling.CONST)
 
 
-def refuse_stochastic_flow(node: str, model, eta: float) -> None:
-    """Refuse a stochastic (eta > 0) step on a flow-matching model: Vista's ancestral step is the
-    k-diffusion (VE-form) one, which is wrong for ``x = (1 - sigma) x0 + sigma eps``.
+def step_form(model) -> dict:
+    """The keyword arguments that tell a core sampler which ancestral step the model needs.
 
-    The deterministic step (eta = 0, euler/DDIM on the flow ODE) is exact for these models and allowed.
+    ``flow_matching``: ComfyUI's RF step (``sample_euler_ancestral_RF``) for CONST models, else k-diffusion's;
+    ``noise_scale``: ``model_sampling.noise_scale`` where the host has it (v0.33.0 multiplies the RF step's
+    ``s_noise`` by it), else 1 — the same ``getattr`` default the host's sampler uses.
     """
-    if eta > 0 and is_flow_matching(model):
-        kind = type(model.get_model_object("model_sampling")).__name__
-        raise ValueError(f"{node}: eta={eta} asks for stochastic (ancestral) steps, which Vista does not support yet "
-                         f"for flow-matching models (this model samples with {kind}, CONST: SD3, Flux, …); "
-                         f"set eta to 0 (deterministic steps are exact for these models)")
+    sampling = model.get_model_object("model_sampling")
+    return {"flow_matching": is_flow_matching(model), "noise_scale": float(getattr(sampling, "noise_scale", 1.0))}
+
+
+def patch_size(model) -> int:
+    """Latent px per token side of a DiT's patchify (2 for SD3 and Flux); 1 for a UNet (no patch grid)."""
+    size = getattr(model.get_model_object("diffusion_model"), "patch_size", 1)
+    return int(size[-1] if isinstance(size, (tuple, list)) else size)
+
+
+def check_patch_grid(node: str, model, **sizes: int) -> None:
+    """Every window size must be a whole number of the DiT's patches (16 px on SD3/Flux); no-op for UNets.
+
+    A DiT pads a window that is not (``pad_to_patch_size``) and crops the padded tokens off again, so such a
+    window wastes a token row/column and its edge pixels share a patch with padding.
+    """
+    patch = patch_size(model)
+    grid = latent_factor(model) * patch
+    for name, px in sizes.items():
+        if patch > 1 and px % grid:
+            raise ValueError(f"{node}: {name}={px} px must be a multiple of {grid} px for this model (its DiT "
+                             f"patchifies {patch}x{patch} latent px = {grid} px); "
+                             f"use {max(grid, px // grid * grid)} or {(px // grid + 1) * grid}")
 
 
 def core_error(node: str, error: Exception) -> ValueError:
@@ -184,14 +225,16 @@ def window_inputs(weight_default: str, batch_note: str = "") -> list:
     modes = sorted(WEIGHT_MODES, key=lambda m: m != weight_default)
     return [
         io.Int.Input("window_width", default=512, min=WINDOW_PX[0], max=WINDOW_PX[1], step=8,
-                     tooltip="Window width in image pixels (512 = 64 latent px on SD1.5; use the model's native size)."),
+                     tooltip="Window width in image pixels; use the model's native size: 512 on SD1.5 (64 latent px), "
+                             "768 on SD2.x 768-v, 1024 on SDXL (128 latent px)."),
         io.Int.Input("window_height", default=512, min=WINDOW_PX[0], max=WINDOW_PX[1], step=8,
-                     tooltip="Window height in image pixels (512 = 64 latent px on SD1.5)."),
+                     tooltip="Window height in image pixels: 512 on SD1.5, 768 on SD2.x 768-v, 1024 on SDXL."),
         io.Int.Input("stride_x", default=128, min=STRIDE_MIN_PX, max=WINDOW_PX[1], step=8,
                      tooltip="Horizontal step between windows in image pixels; at most window_width. Smaller = more "
                              "overlap, smoother, slower (128 px = 16 latent px, as in SyncDiffusion/MAD). Used exactly, "
                              "except when ControlNet or a Vista MAD patch needs window offsets on the UNet's grid "
-                             "(64 px on SD1.5/SDXL): then it is rounded down to a multiple of that, with a warning."),
+                             "(64 px on SD1.x/2.x, 32 px on SDXL): then it is rounded down to a multiple of that, with "
+                             "a warning. On SDXL with 1024 px windows, 256 px keeps this overlap ratio."),
         io.Int.Input("stride_y", default=128, min=STRIDE_MIN_PX, max=WINDOW_PX[1], step=8,
                      tooltip="Vertical step between windows in image pixels; at most window_height. Rounded like "
                              "stride_x when ControlNet or MAD needs the UNet grid."),

@@ -13,7 +13,8 @@ decoder runs the VAE's network module (``VAE.first_stage_model.decode``) directl
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from itertools import chain
 
 import comfy.model_management
@@ -22,7 +23,7 @@ from torch.func import functional_call
 
 from ..core.guidance import Decode, Denoise
 
-__all__ = ["WeightCopies", "differentiable_denoiser", "differentiable_decoder"]
+__all__ = ["WeightCopies", "autograd_kernels", "differentiable_denoiser", "differentiable_decoder"]
 
 
 class WeightCopies:
@@ -58,6 +59,26 @@ def _through_copies(module: torch.nn.Module, copies: WeightCopies, fn: Callable)
     return lambda *args: functional_call(holder, tensors, args, tie_weights=False, strict=False)
 
 
+@contextmanager
+def autograd_kernels() -> Iterator[None]:
+    """The host's own switch to autograd-capable kernels, for the duration of a differentiable pass.
+
+    ComfyUI v0.33.0 runs RoPE (Flux and its relatives) through a ``comfy_kitchen`` custom op that has no
+    backward, unless ``comfy.model_management.in_training`` is set: the flag ComfyUI's own training node
+    (``comfy_extras/nodes_train.py``) sets around its differentiable passes and restores afterwards. The
+    flag is restored here too, also on error. v0.3.64 has no such flag (plain torch ops): nothing to do.
+    """
+    if not hasattr(comfy.model_management, "in_training"):
+        yield
+        return
+    before = comfy.model_management.in_training
+    comfy.model_management.in_training = True
+    try:
+        yield
+    finally:
+        comfy.model_management.in_training = before
+
+
 def differentiable_denoiser(model_wrap, model_options: dict, seed: int | None, copies: WeightCopies) -> Denoise:
     """The guider's CFG'd clean prediction of a window batch, differentiable w.r.t. the windows.
 
@@ -67,7 +88,8 @@ def differentiable_denoiser(model_wrap, model_options: dict, seed: int | None, c
     passes attend per window, see README).
     """
     def call(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        return model_wrap(x, sigma, model_options=model_options, seed=seed)
+        with autograd_kernels():
+            return model_wrap(x, sigma, model_options=model_options, seed=seed)
 
     return _through_copies(model_wrap.model_patcher.model, copies, call)
 

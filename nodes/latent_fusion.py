@@ -4,17 +4,22 @@ from __future__ import annotations
 from dataclasses import replace
 
 import comfy.samplers
+import torch
 from comfy_api.latest import io
 
 from ..core.attention_merge import mad_active
 from ..core.checks import VistaInputError
 from ..core.latent_fusion import sample_latent_fusion
-from ._common import (CanvasPlan, PlanCache, WindowSpec, check_image_latent, check_pixels, check_strides, core_error,
-                      latent_factor, mad_tau, refuse_stochastic_flow, throw_if_interrupted, unet_alignment,
-                      window_inputs, with_layout)
+from ..core.micro_conditioning import window_size_conditioning
+from ..core.multidiffusion import chunks
+from ._common import (CanvasPlan, PlanCache, WindowSpec, check_image_latent, check_patch_grid, check_pixels, check_strides,
+                      core_error, latent_factor, mad_tau, size_conditioning_input, step_form, takes_size_conditioning,
+                      throw_if_interrupted, unet_alignment, window_inputs, with_layout)
 from .guidance import GuidanceType, GuidedRun, log_memory
 
 NODE = "Vista Latent Fusion Sampler"
+# What autograd says when a host network cannot be differentiated (in-place updates, ops without a backward).
+AUTOGRAD_FAILURES = ("modified by an inplace operation", "no autograd formula", "does not require grad")
 USE_TILED = "use Vista Tiled Diffusion (prediction fusion) with a stock sampler, which supports it"
 SPATIAL_CONDS = (("area", "area conditioning (ConditioningSetArea)"),
                  ("mask", "mask conditioning (ConditioningSetMask)"),
@@ -41,20 +46,92 @@ def reject_unsupported(model_wrap, denoise_mask) -> None:
                                  f"fusion cannot crop per window; {USE_TILED}")
 
 
+class WindowSizeConditioning:
+    """SDXL per-window micro-conditioning on the latent route (:func:`core.micro_conditioning.window_size_conditioning`).
+
+    The sampler's model calls carry no window identity, so this follows the order in which
+    :func:`core.latent_fusion.sample_latent_fusion` makes them: per step, ``step_setup`` first, then one
+    model call per window batch, in plan order, of the step's batch size. Each call gets its batch's
+    windows through a ``model_function_wrapper`` in that call's own ``model_options`` (chained before any
+    existing one), where ComfyUI hands over ``y`` as one window-major block per batched conditioning.
+    A call that does not fit its batch (shape, count) raises rather than condition the wrong windows.
+    Lives for one ``sample`` call.
+    """
+
+    def __init__(self, windows, factor: int, setup):
+        self.windows, self.factor, self.setup = tuple(windows), factor, setup
+        self.batches, self.calls = [], 0
+
+    def step_setup(self, i: int, n_steps: int, extra_args: dict) -> tuple[dict, int]:
+        self.check_step_done()
+        extra_args, batch_size = self.setup(i, n_steps, extra_args)
+        self.batches, self.calls = chunks(self.windows, batch_size), 0
+        return extra_args, batch_size
+
+    def check_step_done(self) -> None:
+        if self.calls != len(self.batches):
+            raise RuntimeError(f"{NODE}: {self.calls} model calls in a step of {len(self.batches)} window batches; "
+                               f"window_size_conditioning cannot tell the windows apart (set it to false)")
+
+    def next_batch(self, x):
+        """The windows of this model call, checked against its shape."""
+        if self.calls >= len(self.batches):
+            self.calls += 1
+            self.check_step_done()
+        batch = self.batches[self.calls]
+        self.calls += 1
+        if x.shape[0] % len(batch) or tuple(x.shape[-2:]) != (batch[0].h, batch[0].w):
+            raise RuntimeError(f"{NODE}: a model call of shape {tuple(x.shape)} does not fit its {len(batch)} "
+                               f"windows of {batch[0].h}x{batch[0].w} latent px (window_size_conditioning)")
+        return batch
+
+    def model(self, model):
+        """``model`` with each call's window batch conditioned on its windows' crop and size."""
+        def call(x, sigma, **kwargs):
+            batch = self.next_batch(x)
+            options = kwargs.get("model_options", {})
+            wrapper = self.wrapper(batch, options.get("model_function_wrapper"))
+            return model(x, sigma, **{**kwargs, "model_options": {**options, "model_function_wrapper": wrapper}})
+        return call
+
+    def wrapper(self, batch, previous):
+        """A ``model_function_wrapper`` that gives ``y`` the crop and size of ``batch``'s windows."""
+        def conditioned(apply_model, args):
+            c = args["c"]
+            if isinstance(c.get("y"), torch.Tensor):
+                y = window_size_conditioning(c["y"], batch, self.factor, groups=len(args["cond_or_uncond"]))
+                args = {**args, "c": {**c, "y": y}}
+            if previous is not None:
+                return previous(apply_model, args)
+            return apply_model(args["input"], args["timestep"], **args["c"])
+        return conditioned
+
+    def sampler_function(self):
+        """:func:`sample_latent_fusion` making its model calls through :meth:`model`, for ``KSAMPLER``."""
+        def sample(model, x, sigmas, extra_args=None, callback=None, disable=None, **options):
+            out = sample_latent_fusion(self.model(model), x, sigmas, extra_args, callback, disable,
+                                       **{**options, "step_setup": self.step_setup})
+            self.check_step_done()
+            return out
+        return sample
+
+
 class LatentFusionSampler(comfy.samplers.Sampler):
     """A SAMPLER for SamplerCustom(Advanced): plans the windows from the guider's model, then runs
     :func:`core.latent_fusion.sample_latent_fusion` through ComfyUI's own ``KSAMPLER`` plumbing
     (noise scaling, callback/previews, inverse scaling)."""
 
     def __init__(self, spec: dict, weight_mode: str, batch_size: int, eta: float, s_noise: float, variance_corrected: bool,
-                 guidance=None):
+                 guidance=None, size_conditioning: bool = True):
         self.spec, self.weight_mode, self.batch_size, self.guidance = spec, weight_mode, batch_size, guidance
         self.options = {"eta": eta, "s_noise": s_noise, "variance_corrected": variance_corrected}
+        self.size_conditioning = size_conditioning
 
     def window_spec(self, model_patcher) -> WindowSpec:
         """The window inputs, checked against the model's latent factor."""
         factor = latent_factor(model_patcher)
         check_pixels(NODE, factor, **{k: v for k, v in self.spec.items() if k != "wrap_x"})
+        check_patch_grid(NODE, model_patcher, window_width=self.spec["window_width"], window_height=self.spec["window_height"])
         return WindowSpec(NODE, factor=factor, **self.spec)
 
     def step_setup(self, plan: CanvasPlan, tau: float | None, canvas_batch: int):
@@ -89,10 +166,15 @@ class LatentFusionSampler(comfy.samplers.Sampler):
         log_memory(self.guidance, copies)
         return guidance, copies
 
+    def sampler_function(self, model_patcher, plan: CanvasPlan, spec: WindowSpec, options: dict):
+        """The k-diffusion function: :func:`sample_latent_fusion`, with per-window SDXL micro-conditioning if on."""
+        if not (self.size_conditioning and takes_size_conditioning(model_patcher)):
+            return sample_latent_fusion
+        return WindowSizeConditioning(plan.windows, spec.factor, options["step_setup"]).sampler_function()
+
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None, disable_pbar=False):
         check_image_latent(NODE, "latent_image", noise)
         reject_unsupported(model_wrap, denoise_mask)
-        refuse_stochastic_flow(NODE, model_wrap.model_patcher, self.options["eta"])
         tau = mad_tau(extra_args["model_options"].get("transformer_options", {}))
         spec, canvas_hw = self.window_spec(model_wrap.model_patcher), tuple(noise.shape[-2:])
         align, reason = self.alignment(model_wrap.model_patcher, tau)
@@ -100,12 +182,20 @@ class LatentFusionSampler(comfy.samplers.Sampler):
         guidance, copies = self.guided(model_wrap, extra_args, plan, spec, canvas_hw)
         options = {"windows": plan.windows, "weights": plan.weights, "batch_size": self.batch_size, "guidance": guidance,
                    "before_batch": throw_if_interrupted, "step_setup": self.step_setup(plan, tau, noise.shape[0]),
-                   **self.options}
-        inner = comfy.samplers.KSAMPLER(sample_latent_fusion, extra_options=options)
+                   **self.options, **step_form(model_wrap.model_patcher)}
+        inner = comfy.samplers.KSAMPLER(self.sampler_function(model_wrap.model_patcher, plan, spec, options),
+                                        extra_options=options)
         try:
             return inner.sample(model_wrap, sigmas, extra_args, callback, noise, latent_image, denoise_mask, disable_pbar)
         except VistaInputError as e:
             raise core_error(NODE, e) from e
+        except RuntimeError as e:
+            if guidance is not None and any(sign in str(e) for sign in AUTOGRAD_FAILURES):
+                raise ValueError(f"{self.guidance.node}: this model's network cannot be differentiated "
+                                 f"({type(model_wrap.model_patcher.model).__name__}: {e}); gradient guidance is not "
+                                 f"available for it. Flux's blocks are known not to be (in-place updates in the host's "
+                                 f"code); SD1.x/2.x, SDXL and SD3 are tested. Disconnect the guidance input") from e
+            raise
         finally:
             del guidance, copies  # the weight copies are held only while this run samples
 
@@ -124,14 +214,17 @@ class VistaLatentFusionSampler(io.ComfyNode):
                 "Variance-Corrected Fusion (GVCF eq. 14) restores the noise variance. eta = 0 is DDIM/euler and "
                 "equals Vista Tiled Diffusion + euler. Cost: about (number of windows) model calls per step. "
                 "Not for inpainting masks, area/mask conditioning, ControlNet or c_concat models: use Vista Tiled "
-                "Diffusion for those. Optional gradient guidance: Vista SyncDiffusion or Vista Multi-Scale Diffusion."
+                "Diffusion for those. Optional gradient guidance: Vista SyncDiffusion or Vista Multi-Scale Diffusion. "
+                "Use the model's native window (1024 px on SDXL, 768 px on SD2.x-v); on SDXL each window can be told "
+                "its own crop and size (window_size_conditioning)."
             ),
             inputs=[
                 *window_inputs("guided", " While Vista MAD is active (its first tau of the steps), all windows go in one "
                                          "call; after that, this batch size applies again."),
                 io.Float.Input("eta", default=0.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Noise added per step: 0 = deterministic DDIM/euler, 1 = DDPM / euler ancestral. "
-                                       "Flow-matching models (SD3, Flux) support only 0 for now."),
+                                       "Flow-matching models (SD3, Flux) take ComfyUI's own flow ancestral step "
+                                       "(euler_ancestral's RF form)."),
                 io.Float.Input("s_noise", default=1.0, min=0.0, max=2.0, step=0.01,
                                tooltip="Scale of the per-window step noise (only with eta > 0)."),
                 io.Boolean.Input("variance_corrected", default=True,
@@ -140,6 +233,7 @@ class VistaLatentFusionSampler(io.ComfyNode):
                 GuidanceType.Input("guidance", optional=True,
                                    tooltip="Gradient guidance of the windows before each step: Vista SyncDiffusion or "
                                            "Vista Multi-Scale Diffusion."),
+                size_conditioning_input(),
             ],
             outputs=[io.Sampler.Output(tooltip="A SAMPLER for SamplerCustom / SamplerCustomAdvanced.")],
             is_experimental=True,
@@ -152,8 +246,8 @@ class VistaLatentFusionSampler(io.ComfyNode):
     @classmethod
     def execute(cls, window_width: int, window_height: int, stride_x: int, stride_y: int, weight_mode: str,
                 wrap_x: bool, window_batch_size: int, eta: float, s_noise: float, variance_corrected: bool,
-                guidance=None) -> io.NodeOutput:
+                guidance=None, window_size_conditioning: bool = True) -> io.NodeOutput:
         spec = {"window_width": window_width, "window_height": window_height, "stride_x": stride_x,
                 "stride_y": stride_y, "wrap_x": wrap_x}
         return io.NodeOutput(LatentFusionSampler(spec, weight_mode, window_batch_size, eta, s_noise, variance_corrected,
-                                                 guidance))
+                                                 guidance, window_size_conditioning))

@@ -19,6 +19,19 @@ def transformer_blocks(diffusion_model, names: tuple[str, ...]) -> list[tuple[st
             if any(isinstance(layer, comfy_attention.SpatialTransformer) for layer in block)]
 
 
+def refuse_non_unet(diffusion_model) -> None:
+    """MAD patches UNet attention (attn1/attn2 of SpatialTransformer blocks); refuse every other network.
+
+    DiT models (SD3's MMDiT, Flux, …) attend jointly over text and image tokens in their own blocks, which
+    those patches never reach; see the README (MAD on DiT) for why Vista does not merge their attention.
+    """
+    if not transformer_blocks(diffusion_model, BLOCKS):
+        raise ValueError(f"{NODE}: DiT models are not supported ({type(diffusion_model).__name__}: SD3, Flux and other "
+                         f"transformer models attend jointly over text and image tokens, which MAD's UNet attention "
+                         f"patches cannot reach); use a UNet model (SD1.x/2.x/SDXL), or Vista Tiled Diffusion / the "
+                         f"Vista Latent Fusion Sampler without MAD on this model")
+
+
 class VistaMADAttention(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -32,7 +45,8 @@ class VistaMADAttention(io.ComfyNode):
                 "cross-attention queries are merged the same way, so distant windows agree on content and style. "
                 "Chain it with Vista Tiled Diffusion (or use it with the Vista Latent Fusion Sampler); alone it changes "
                 "nothing. While active, all windows of a step are denoised in one call; merged self-attention grows "
-                "quadratically with the canvas. Windows, strides and the canvas should be multiples of 64 px on SD1.5."
+                "quadratically with the canvas. Windows, strides and the canvas should be multiples of 64 px on SD1.5. "
+                "UNet models only (SD1.x/2.x/SDXL): DiT models (SD3, Flux) are refused."
             ),
             inputs=[
                 io.Model.Input("model", tooltip="A UNet model (SD1.x/2.x/SDXL), usually before or after Vista Tiled Diffusion."),
@@ -51,10 +65,12 @@ class VistaMADAttention(io.ComfyNode):
     @classmethod
     def execute(cls, model, tau: float, input_blocks: bool, middle_block: bool, output_blocks: bool) -> io.NodeOutput:
         names = tuple(n for n, on in zip(BLOCKS, (input_blocks, middle_block, output_blocks)) if on)
-        blocks = transformer_blocks(model.get_model_object("diffusion_model"), names)
+        diffusion_model = model.get_model_object("diffusion_model")
+        refuse_non_unet(diffusion_model)
+        blocks = transformer_blocks(diffusion_model, names)
         if not blocks:
             raise ValueError(f"{NODE}: the model has no SpatialTransformer attention in the chosen blocks {names}; "
-                             f"enable input_blocks/middle_block/output_blocks or use a UNet model (SD1.x/2.x/SDXL)")
+                             f"enable input_blocks/middle_block/output_blocks")
         model = model.clone()
         for name, index in blocks:
             model.set_model_attn1_replace(mad_attention_patch(False, comfy_attention.optimized_attention), name, index)

@@ -1,19 +1,23 @@
 """Vista Tiled Diffusion: MultiDiffusion in prediction space as a MODEL patch."""
 from __future__ import annotations
 
-from comfy_api.latest import io
-
 from dataclasses import replace
+
+import comfy.patcher_extension
+from comfy_api.latest import io
 
 from ..core.attention_merge import mad_active, mad_step_index
 from ..core.checks import VistaInputError
 from ..core.conditioning import window_call_kwargs
 from ..core.multidiffusion import multidiffusion_predict
 from ..core.windows import repeat_for_windows
-from ._common import (PlanCache, WindowSpec, check_image_latent, check_pixels, check_strides, core_error, latent_factor,
-                      mad_tau, throw_if_interrupted, unet_alignment, window_inputs, with_layout)
+from ._common import (PlanCache, WindowSpec, check_image_latent, check_patch_grid, check_pixels, check_strides, core_error,
+                      latent_factor, mad_tau, size_conditioning_input, takes_size_conditioning, throw_if_interrupted,
+                      unet_alignment, window_inputs, with_layout)
+from .memory import WindowBatchReservation
 
 NODE = "Vista Tiled Diffusion"
+RESERVATION_KEY = "vista_tiled_diffusion"
 
 
 class TiledDiffusionPatch:
@@ -21,11 +25,14 @@ class TiledDiffusionPatch:
 
     Window offsets follow the user's strides exactly, except in a model call that carries ControlNet
     residuals or while a Vista MAD patch is on the model: both need offsets on the UNet's deepest grid
-    (``alignment`` latent px), and the strides are then snapped down to it with a warning.
+    (``alignment`` latent px), and the strides are then snapped down to it with a warning. With
+    ``size_factor`` (SDXL), each window's ``y`` carries its own crop offset and size.
     """
 
-    def __init__(self, spec: WindowSpec, weight_mode: str, batch_size: int, alignment: int, previous=None):
+    def __init__(self, spec: WindowSpec, weight_mode: str, batch_size: int, alignment: int, previous=None,
+                 size_factor: int | None = None):
         self.plans, self.batch_size, self.alignment, self.previous = PlanCache(spec, weight_mode), batch_size, alignment, previous
+        self.size_factor = size_factor
 
     def align_for(self, c: dict, options: dict) -> tuple[int, str]:
         """(offset grid, why) for this model call: the UNet grid when ControlNet or MAD needs it, else 1."""
@@ -47,7 +54,8 @@ class TiledDiffusionPatch:
 
         def predict(crops, chunk):
             window_args = {"input": crops, "timestep": repeat_for_windows(sigma, len(chunk)),
-                           "c": window_call_kwargs(c, x.shape[-2:], chunk), "cond_or_uncond": args["cond_or_uncond"]}
+                           "c": window_call_kwargs(c, x.shape[-2:], chunk, self.size_factor),
+                           "cond_or_uncond": args["cond_or_uncond"]}
             if self.previous is not None:
                 return self.previous(apply_model, window_args)
             return apply_model(window_args["input"], window_args["timestep"], **window_args["c"])
@@ -70,11 +78,14 @@ class VistaTiledDiffusion(io.ComfyNode):
                 "windows and fuses their predicted clean latents by weighted averaging, so any stock sampler "
                 "and scheduler can paint panoramas and large canvases with a model trained at the window size. "
                 "Cost: about (number of windows) model calls per step. Area/mask conditioning, inpainting masks, "
-                "c_concat and ControlNet hints are cropped per window."
+                "c_concat and ControlNet hints are cropped per window; on SDXL each window can be told its own "
+                "crop and size (window_size_conditioning). Use the model's native window: 512 px SD1.5, "
+                "768 px SD2.x-v, 1024 px SDXL."
             ),
             inputs=[
                 io.Model.Input("model", tooltip="The diffusion model to patch (SD1.x/2.x/SDXL/…)."),
                 *window_inputs("uniform", " While a Vista MAD patch is active, all windows go in one call."),
+                size_conditioning_input(),
             ],
             outputs=[io.Model.Output(tooltip="The model, patched to denoise in fused windows at every sampling step.")],
             is_experimental=True,
@@ -86,12 +97,16 @@ class VistaTiledDiffusion(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, window_width: int, window_height: int, stride_x: int, stride_y: int,
-                weight_mode: str, wrap_x: bool, window_batch_size: int) -> io.NodeOutput:
+                weight_mode: str, wrap_x: bool, window_batch_size: int, window_size_conditioning: bool = True) -> io.NodeOutput:
         factor = latent_factor(model)
         check_pixels(NODE, factor, window_width=window_width, window_height=window_height, stride_x=stride_x, stride_y=stride_y)
+        check_patch_grid(NODE, model, window_width=window_width, window_height=window_height)
         spec = WindowSpec(NODE, window_width, window_height, stride_x, stride_y, factor, wrap_x)
+        size_factor = factor if window_size_conditioning and takes_size_conditioning(model) else None
         model = model.clone()
         previous = model.model_options.get("model_function_wrapper")
-        patch = TiledDiffusionPatch(spec, weight_mode, window_batch_size, unet_alignment(model), previous)
+        patch = TiledDiffusionPatch(spec, weight_mode, window_batch_size, unet_alignment(model), previous, size_factor)
         model.set_model_unet_function_wrapper(patch)
+        model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING, RESERVATION_KEY,
+                                   WindowBatchReservation(spec, window_batch_size))
         return io.NodeOutput(model)

@@ -146,12 +146,13 @@ class VistaZoomStackSampler(io.ComfyNode):
                          "zoom-consistent noise drawn from its own stream. With a photo (§4.4) the clean estimates are "
                          "first pulled towards it by Adam steps on Eq. 1. The output is render-consistent: level i+1 "
                          "area-downscaled by p equals level i's centre. Cost: one batch-N model call per step. "
-                         "SD-family (eps / v-prediction) models; flow-matching models (SD3, Flux) only with eta 0."),
+                         "SD-family (eps / v-prediction) and flow-matching models (SD3, Flux: ComfyUI's RF ancestral step, "
+                         "as its euler_ancestral)."),
             inputs=[
                 zoom_input(),
                 io.Float.Input("eta", default=1.0, min=0.0, max=100.0, step=0.01,
                                tooltip="Ancestral noise per step: 1 = DDPM (the paper), 0 = deterministic DDIM. "
-                                       "Flow-matching models (SD3, Flux) need 0."),
+                                       "On SD3/Flux the step is ComfyUI's RF form (as its euler_ancestral)."),
                 io.Float.Input("s_noise", default=1.0, min=0.0, max=100.0, step=0.01,
                                tooltip="Scale of the added per-step noise (1 = exact)."),
                 io.Int.Input("photo_steps", default=5, min=0, max=100,

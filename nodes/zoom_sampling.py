@@ -16,7 +16,7 @@ import torch
 
 from ..core.checks import VistaInputError
 from ..core.zoom import ZOOM_FACTORS, PhotoZoom, ZoomSettings, check_zoom_noise, sample_zoom_stack, zoom_noise
-from ._common import check_image_latent, core_error, latent_factor, refuse_stochastic_flow, throw_if_interrupted
+from ._common import check_image_latent, core_error, latent_factor, step_form, throw_if_interrupted
 
 SAMPLER_NODE = "Vista Zoom Stack Sampler"
 NOISE_NODE = "Vista Zoom Noise"
@@ -176,11 +176,10 @@ class ZoomStackSampler(comfy.samplers.Sampler):
         patcher = model_wrap.model_patcher
         factor = latent_factor(patcher)
         check_sampling_inputs(noise, self.settings, model_wrap, factor, denoise_mask)
-        refuse_stochastic_flow(SAMPLER_NODE, patcher, self.eta)
         guidance = photo_zoom(model_wrap, self.photo, noise, factor, self.photo_settings)
         check_noise(noise, self.settings.p)
         options = {"p": self.settings.p, "eta": self.eta, "s_noise": self.s_noise, "photo_guidance": guidance,
-                   "before_step": throw_if_interrupted}
+                   "before_step": throw_if_interrupted, **step_form(patcher)}
         inner = comfy.samplers.KSAMPLER(sample_zoom_stack, extra_options=options)
         try:
             return inner.sample(model_wrap, sigmas, extra_args, callback, noise, latent_image, denoise_mask, disable_pbar)

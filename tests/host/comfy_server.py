@@ -29,6 +29,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PACK_NAME = "vista"
 CHECKPOINT = "vista_test_sd15.safetensors"
+SDXL_CHECKPOINT = "vista_test_sdxl.safetensors"  # tools/make_test_checkpoint.py --family sdxl
 SKIP_REASON = "COMFYUI_PATH not set: host tier skipped — set COMFYUI_PATH to a ComfyUI checkout to run it"
 
 # Nodes that exist only in the frontend: never sent to /prompt.
@@ -66,14 +67,21 @@ def cache_dir() -> Path:
     return Path(os.environ.get("VISTA_TEST_CACHE", Path.home() / ".cache" / "vista-tests")).expanduser()
 
 
-def build_checkpoint(cache: Path, host: Path) -> Path:
+def build_checkpoint(cache: Path, host: Path, family: str = "sd15") -> Path:
     """Run tools/make_test_checkpoint.py in a subprocess (it imports the host; the tests must not)."""
-    cmd = [sys.executable, str(REPO_ROOT / "tools" / "make_test_checkpoint.py"), str(cache), "--host", str(host)]
+    cmd = [sys.executable, str(REPO_ROOT / "tools" / "make_test_checkpoint.py"), str(cache), "--host", str(host),
+           "--family", family]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     if done.returncode != 0:
         pytest.fail(f"make_test_checkpoint failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
     print(done.stdout.strip())
-    return cache / CHECKPOINT
+    return cache / (SDXL_CHECKPOINT if family == "sdxl" else CHECKPOINT)
+
+
+def checkpoint_for(workflow: Path) -> str:
+    """The test checkpoint that replaces a workflow's ``ckpt_name``: the SDXL-family one for workflows whose file
+    name says ``sdxl`` (e.g. panorama_sdxl.json), else the SD1.5 one."""
+    return SDXL_CHECKPOINT if "sdxl" in workflow.stem.lower() else CHECKPOINT
 
 
 def free_port() -> int:

@@ -198,3 +198,46 @@ class TestPromptBatch:
             single = comfy.sample.sample(patched, noise[b : b + 1], 2, 5.0, "euler", "normal", prompts[b], neg,
                                          latent[b : b + 1], disable_pbar=True, seed=5)
             assert (batch[b : b + 1] - single).abs().max().item() <= 1e-4 * single.abs().max().item()
+
+
+class TestMemoryReservation:
+    """Issue [M]: ComfyUI sizes its model-loading reservation from the latent's shape (prepare_sampling →
+    estimate_memory); Vista Tiled Diffusion's PREPARE_SAMPLING wrapper hands it one window batch instead."""
+
+    def reserved_shapes(self, comfy, model):
+        """A clone whose innermost PREPARE_SAMPLING wrapper records the noise shape the estimate is made from."""
+        shapes = []
+
+        def record(executor, model, noise_shape, conds, *args, **kwargs):
+            shapes.append(list(noise_shape))
+            return executor(model, noise_shape, conds, *args, **kwargs)
+
+        recorded = model.clone()
+        recorded.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING, "test_record", record)
+        return recorded, shapes
+
+    def test_estimate_counts_the_window_batch(self, host):
+        comfy, node, model, pos, neg = host
+        patched, shapes = self.reserved_shapes(comfy, patch_model(node, model, window_width=256, window_height=256,
+                                                                   stride_x=64, window_batch_size=2))
+        sample(comfy, patched, pos, neg, 32, 96, steps=1)
+        assert shapes == [[2, 4, 32, 32]]  # 9 windows of 32x32 latent px, batches of 2
+        canvas = model.model.memory_required([2, 4, 32, 96])
+        window = model.model.memory_required([2 * 2, 4, 32, 32])
+        print(f"\nestimate (cond+uncond): canvas 32x96 {canvas / 2**20:.1f} MiB -> window batch {window / 2**20:.1f} MiB")
+
+    def test_estimate_counts_all_windows_under_mad(self, host):
+        comfy, node, model, pos, neg = host
+        from vista.nodes.mad import VistaMADAttention
+
+        patched = patch_model(node, model, window_width=256, window_height=256, stride_x=128, window_batch_size=1)
+        patched = VistaMADAttention.execute(patched, tau=1.0, input_blocks=True, middle_block=True, output_blocks=True).result[0]
+        patched, shapes = self.reserved_shapes(comfy, patched)
+        sample(comfy, patched, pos, neg, 32, 64, steps=1)
+        assert shapes == [[3, 4, 32, 32]]  # MAD merges all 3 windows in one call
+
+    def test_unpatched_model_estimates_the_canvas(self, host):
+        comfy, node, model, pos, neg = host
+        patched, shapes = self.reserved_shapes(comfy, model)
+        sample(comfy, patched, pos, neg, 32, 64, steps=1)
+        assert shapes == [[1, 4, 32, 64]]
