@@ -1,12 +1,12 @@
 """Shared glue between ComfyUI objects and core/: units, errors, interrupts, window plans, validation."""
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import comfy.model_base
 import comfy.model_management
 import comfy.model_sampling
+import comfy.utils
 from comfy_api.latest import io
 
 import torch
@@ -14,6 +14,7 @@ import torch
 from ..core.attention_merge import MAD_LAYOUT_KEY, MAD_TAU_KEY, MadLayout
 from ..core.checks import VistaInputError
 from ..core.windows import WEIGHT_MODES, Window, plan_windows, window_weights
+from .notify import warn_user
 
 
 HOST_DEFAULT_LATENT_FACTOR = 8  # what v0.3.64's own EmptyLatentImage assumes for every image model
@@ -115,6 +116,33 @@ def throw_if_interrupted() -> None:
     comfy.model_management.throw_exception_if_processing_interrupted()
 
 
+class WindowBatchProgress:
+    """Progress to the UI per window batch, on the sampler's own scale.
+
+    ComfyUI's samplers report ``(i + 1) / steps`` after each step, which on a large canvas can be minutes
+    apart. Before window batch ``b`` (of ``n``) of step ``i`` this reports ``(i·n + b) / (steps·n)`` — the
+    same fraction scale, so the bar moves every batch and meets the sampler's value at each step's end
+    (``b = 0`` is that value and is left to the sampler). Reports only move forward (second-order samplers
+    call the model more than once per step). Every batch also honours the interrupt button.
+    """
+
+    def __init__(self):
+        self.step, self.steps, self.batches, self.batch, self.best = 0, 1, 1, 0, 0.0
+
+    def start_step(self, step: int, steps: int, batches: int) -> None:
+        if step == 0 and self.step != 0:
+            self.best = 0.0  # a new run
+        self.step, self.steps, self.batches, self.batch = step, max(steps, 1), max(batches, 1), 0
+
+    def before_batch(self) -> None:
+        throw_if_interrupted()
+        value, total = self.step * self.batches + self.batch, self.steps * self.batches
+        if self.batch and value / total > self.best:
+            self.best = value / total
+            comfy.utils.ProgressBar(total).update_absolute(value, total)
+        self.batch += 1
+
+
 def clamp_notice(node: str, name: str, px: int, size_px: int, side: str, what: str = "window") -> str:
     """The one rule for a window (or tile) larger than the canvas, on every node: clamp it, and say so.
 
@@ -196,7 +224,7 @@ class PlanCache:
         key = (tuple(canvas_hw), align, str(device))
         if key not in self.plans:
             for message in self.spec.notices(*canvas_hw, align, reason):
-                logging.warning(message)
+                warn_user(self.spec.node, message)
             windows = self.spec.plan(*canvas_hw, align)
             weights = window_weights(windows, self.weight_mode, device=device)
             self.plans[key] = CanvasPlan(windows, weights, MadLayout(windows, tuple(canvas_hw), self.spec.wrap_x))

@@ -14,7 +14,7 @@ from ..core.micro_conditioning import window_size_conditioning
 from ..core.multidiffusion import chunks
 from ._common import (CanvasPlan, PlanCache, WindowSpec, check_image_latent, check_patch_grid, check_pixels, check_strides,
                       core_error, latent_factor, mad_tau, size_conditioning_input, step_form, takes_size_conditioning,
-                      throw_if_interrupted, unet_alignment, window_inputs, with_layout)
+                      WindowBatchProgress, unet_alignment, window_inputs, with_layout)
 from .guidance import GuidanceType, GuidedRun, log_memory
 
 NODE = "Vista Latent Fusion Sampler"
@@ -134,15 +134,18 @@ class LatentFusionSampler(comfy.samplers.Sampler):
         check_patch_grid(NODE, model_patcher, window_width=self.spec["window_width"], window_height=self.spec["window_height"])
         return WindowSpec(NODE, factor=factor, **self.spec)
 
-    def step_setup(self, plan: CanvasPlan, tau: float | None, canvas_batch: int):
-        """Per step: while MAD is active, the layout in model_options and all windows in one call."""
+    def step_setup(self, plan: CanvasPlan, tau: float | None, canvas_batch: int, progress: WindowBatchProgress):
+        """Per step: while MAD is active, the layout in model_options and all windows in one call; the
+        step's window batches counted for ``progress``."""
         layout = replace(plan.layout, batch=canvas_batch)
 
         def setup(i: int, n_steps: int, extra_args: dict) -> tuple[dict, int]:
             if tau is None or not mad_active(i, n_steps, tau):
+                progress.start_step(i, n_steps, -(-len(plan.windows) // max(self.batch_size, 1)))
                 return extra_args, self.batch_size
             options = extra_args["model_options"]
             options = {**options, "transformer_options": with_layout(options.get("transformer_options", {}), layout)}
+            progress.start_step(i, n_steps, 1)
             return {**extra_args, "model_options": options}, len(plan.windows)
 
         return setup
@@ -180,8 +183,10 @@ class LatentFusionSampler(comfy.samplers.Sampler):
         align, reason = self.alignment(model_wrap.model_patcher, tau)
         plan = PlanCache(spec, self.weight_mode).get(canvas_hw, align, noise.device, reason)
         guidance, copies = self.guided(model_wrap, extra_args, plan, spec, canvas_hw)
+        progress = WindowBatchProgress()
         options = {"windows": plan.windows, "weights": plan.weights, "batch_size": self.batch_size, "guidance": guidance,
-                   "before_batch": throw_if_interrupted, "step_setup": self.step_setup(plan, tau, noise.shape[0]),
+                   "before_batch": progress.before_batch,
+                   "step_setup": self.step_setup(plan, tau, noise.shape[0], progress),
                    **self.options, **step_form(model_wrap.model_patcher)}
         inner = comfy.samplers.KSAMPLER(self.sampler_function(model_wrap.model_patcher, plan, spec, options),
                                         extra_options=options)

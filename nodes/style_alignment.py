@@ -1,7 +1,6 @@
 """Vista Style Alignment: initial noise whose window-sized tiles are slerped toward one reference (GVCF eq. 15)."""
 from __future__ import annotations
 
-import logging
 
 import comfy.sample
 import torch
@@ -10,6 +9,7 @@ from comfy_api.latest import io
 from ..core.checks import VistaInputError
 from ..core.style_alignment import reference_from_canvas, style_align_noise
 from ._common import check_image_latent, check_pixels, clamp_notice, core_error, latent_factor
+from .notify import warn_user
 
 NODE = "Vista Style Alignment"
 REFERENCES = ("seeded", "canvas crop")
@@ -30,7 +30,7 @@ class StyleAlignedNoise:
         tile = []
         for name, px, size, side in zip(("window_height", "window_width"), self.tile_hw_px, canvas_hw, ("height", "width")):
             if px > size * self.factor:
-                logging.warning(clamp_notice(NODE, name, px, size * self.factor, side, "tile"))
+                warn_user(NODE, clamp_notice(NODE, name, px, size * self.factor, side, "tile"))
             tile.append(min(px // self.factor, size))
         return tile[0], tile[1]
 

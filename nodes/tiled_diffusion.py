@@ -12,7 +12,7 @@ from ..core.conditioning import window_call_kwargs
 from ..core.multidiffusion import multidiffusion_predict
 from ..core.windows import repeat_for_windows
 from ._common import (PlanCache, WindowSpec, check_image_latent, check_patch_grid, check_pixels, check_strides, core_error,
-                      latent_factor, mad_tau, size_conditioning_input, takes_size_conditioning, throw_if_interrupted,
+                      WindowBatchProgress, latent_factor, mad_tau, size_conditioning_input, takes_size_conditioning,
                       unet_alignment, window_inputs, with_layout)
 from .memory import WindowBatchReservation
 
@@ -32,7 +32,7 @@ class TiledDiffusionPatch:
     def __init__(self, spec: WindowSpec, weight_mode: str, batch_size: int, alignment: int, previous=None,
                  size_factor: int | None = None):
         self.plans, self.batch_size, self.alignment, self.previous = PlanCache(spec, weight_mode), batch_size, alignment, previous
-        self.size_factor = size_factor
+        self.size_factor, self.progress = size_factor, WindowBatchProgress()
 
     def align_for(self, c: dict, options: dict) -> tuple[int, str]:
         """(offset grid, why) for this model call: the UNet grid when ControlNet or MAD needs it, else 1."""
@@ -47,8 +47,8 @@ class TiledDiffusionPatch:
         align, reason = self.align_for(c, options)
         plan = self.plans.get(tuple(x.shape[-2:]), align, x.device, reason)
         batch_size, tau, schedule = self.batch_size, mad_tau(options), options.get("sample_sigmas")
-        if tau is not None and schedule is not None and mad_active(mad_step_index(float(sigma.max()), schedule),
-                                                                    len(schedule) - 1, tau):
+        step = mad_step_index(float(sigma.max()), schedule) if schedule is not None else 0
+        if tau is not None and schedule is not None and mad_active(step, len(schedule) - 1, tau):
             c = {**c, "transformer_options": with_layout(options, replace(plan.layout, batch=x.shape[0]))}
             batch_size = len(plan.windows)  # the merge needs every window in one call
 
@@ -60,8 +60,11 @@ class TiledDiffusionPatch:
                 return self.previous(apply_model, window_args)
             return apply_model(window_args["input"], window_args["timestep"], **window_args["c"])
 
+        steps = len(schedule) - 1 if schedule is not None else 1
+        self.progress.start_step(step, steps, -(-len(plan.windows) // max(batch_size, 1)))
         try:
-            return multidiffusion_predict(predict, x, plan.windows, plan.weights, batch_size, before_batch=throw_if_interrupted)
+            return multidiffusion_predict(predict, x, plan.windows, plan.weights, batch_size,
+                                          before_batch=self.progress.before_batch)
         except VistaInputError as e:
             raise core_error(NODE, e) from e
 

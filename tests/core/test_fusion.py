@@ -217,7 +217,7 @@ class TestFuseVarianceCorrected:
         (down to renoise^2 sum w^2 / W^2 + the carried part), checked against that prediction."""
         windows = plan_windows(8, 20, 8, 8, 4, 4)
         weights = window_weights(windows, "guided", dtype=F64)
-        n, B, sigma, sigma_next = len(windows), 4000, 0.7, 0.4
+        B, sigma, sigma_next = 4000, 0.7, 0.4
         step = rf_step(sigma, sigma_next, 1.0)
         g = torch.Generator().manual_seed(1)
         c = torch.randn(1, 1, 8, 20, generator=g, dtype=F64)

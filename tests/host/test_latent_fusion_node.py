@@ -234,15 +234,17 @@ class TestMADPerStep:
         assert batches == [4, 4] + [2, 2] * 2  # steps 0-1: one call of 2 windows; steps 2-3: two calls of 1
 
 
+@pytest.fixture(scope="module")
+def flow_model(host):
+    """The test checkpoint sampled by flow matching, through the host's own ModelSamplingSD3 node."""
+    from comfy_extras.nodes_model_advanced import ModelSamplingSD3
+
+    comfy, *_, model, pos, neg = host
+    return ModelSamplingSD3().patch(model, 3.0)[0]
+
+
 class TestFlowMatching:
     """Flow-matching models (CONST sampling; via the host's own ModelSamplingSD3 node here)."""
-
-    @pytest.fixture(scope="class")
-    def flow_model(self, host):
-        from comfy_extras.nodes_model_advanced import ModelSamplingSD3
-
-        comfy, *_, model, pos, neg = host
-        return ModelSamplingSD3().patch(model, 3.0)[0]
 
     def test_stochastic_step_runs(self, host, flow_model):
         """Issue [M]: eta > 0 on a flow model takes ComfyUI's RF ancestral step (equal to the host's euler_ancestral:
@@ -272,3 +274,17 @@ class TestStepNoise:
         step_noise_difference = (a - b).flatten()
         r = torch.corrcoef(torch.stack([step_noise_difference, noise.flatten()]))[0, 1].item()
         assert abs(r) < 5 / noise.numel() ** 0.5, r
+
+
+class TestProgress:
+    def test_progress_per_window_batch(self, host):
+        """Issue [F] 3: 3 windows in batches of 1, 2 steps: reports before batches 2 and 3 of each step, on the
+        sampler's scale (total 2 steps x 3 batches)."""
+        comfy, node, tiled_node, model, pos, neg = host
+        reports = []
+        comfy.utils.set_progress_bar_global_hook(lambda value, total, preview=None, node_id=None: reports.append((value, total)))
+        try:
+            sample_custom(comfy, model, fusion_sampler(node, window_batch_size=1), pos, neg, 32, 64)
+        finally:
+            comfy.utils.set_progress_bar_global_hook(None)
+        assert reports == [(1, 6), (2, 6), (4, 6), (5, 6)]

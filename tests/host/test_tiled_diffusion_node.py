@@ -241,3 +241,44 @@ class TestMemoryReservation:
         patched, shapes = self.reserved_shapes(comfy, model)
         sample(comfy, patched, pos, neg, 32, 64, steps=1)
         assert shapes == [[1, 4, 32, 64]]
+
+
+def recorded_progress(comfy, run):
+    """The (value, total) progress reports ComfyUI's UI would get while ``run()`` samples (the host's global hook)."""
+    reports = []
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview=None, node_id=None: reports.append((value, total)))
+    try:
+        run()
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+    return reports
+
+
+class TestProgress:
+    def test_progress_per_window_batch(self, host):
+        """Issue [F] 3: 9 windows in batches of 4 = 3 batches per step, 3 steps: the bar moves before batches 2 and 3
+        of every step, on the sampler's scale (step i ends at (i + 1) / 3 = 3 (i + 1) / 9, reported by the sampler)."""
+        comfy, node, model, pos, neg = host
+        patched = patch_model(node, model, window_width=256, window_height=256, stride_x=64, window_batch_size=4)
+        reports = recorded_progress(comfy, lambda: sample(comfy, patched, pos, neg, 32, 96, steps=3))
+        assert reports == [(1, 9), (2, 9), (4, 9), (5, 9), (7, 9), (8, 9)]
+
+    def test_interrupt_within_one_window_batch(self, host):
+        """The interrupt flag set while batch 1 runs stops the run before batch 2 starts."""
+        comfy, node, model, pos, neg = host
+        calls = []
+        inner = model.clone()
+
+        def interrupt_after_first(apply_model, args):
+            calls.append(args["input"].shape[0])
+            comfy.model_management.interrupt_current_processing(True)
+            return apply_model(args["input"], args["timestep"], **args["c"])
+
+        inner.set_model_unet_function_wrapper(interrupt_after_first)
+        patched = patch_model(node, inner, window_width=256, window_height=256, stride_x=64, window_batch_size=4)
+        try:
+            with pytest.raises(comfy.model_management.InterruptProcessingException):
+                sample(comfy, patched, pos, neg, 32, 96, steps=3)
+        finally:
+            comfy.model_management.interrupt_current_processing(False)
+        assert len(calls) == 1

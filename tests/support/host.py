@@ -111,8 +111,6 @@ def deep_unet_model():
 @functools.lru_cache(maxsize=None)
 def deep_controlnet():
     """A ControlNet matching :func:`deep_unet_model` (the host's cldm.ControlNet + comfy.controlnet.ControlNet)."""
-    import torch
-
     comfy = import_host()
     import comfy.cldm.cldm
     import comfy.controlnet
