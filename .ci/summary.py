@@ -2,8 +2,8 @@
 
 Usage: python .ci/summary.py [--host-skips-fail] LABEL=REPORT.xml [LABEL=REPORT.xml ...]
 
-Tiers by test path: tests/core -> core, tests/host/test_e2e_* -> e2e, other tests/host -> node.
-With --host-skips-fail a skipped node or e2e test is a failure (CI has the hosts: a skip is not a pass).
+Tiers by test path: tests/core -> core, tests/host/test_e2e_* -> e2e, tests/browser -> browser, other tests/host -> node.
+With --host-skips-fail a skipped node, e2e or browser test is a failure (CI has the hosts: a skip is not a pass).
 """
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ def tier(case: ET.Element) -> str:
     name = (case.get("classname") or "") + "." + (case.get("file") or "")
     if "tests.core" in name or "tests/core" in name:
         return "core"
+    if "tests.browser" in name or "tests/browser" in name:
+        return "browser"
     return "e2e" if "test_e2e" in name else "node"
 
 
@@ -40,11 +42,11 @@ def main(argv: list[str]) -> int:
         counts: dict[str, Counter] = {}
         for case in cases:
             counts.setdefault(tier(case), Counter())[outcome(case)] += 1
-        for name in ("core", "node", "e2e"):
+        for name in ("core", "node", "e2e", "browser"):
             if name not in counts:
                 continue
             c = counts[name]
-            print(f"CI tier {name:<4} host {label:<8}: {c['passed']:4d} passed, {c['skipped']:3d} skipped, {c['failed']:3d} failed")
+            print(f"CI tier {name:<7} host {label:<8}: {c['passed']:4d} passed, {c['skipped']:3d} skipped, {c['failed']:3d} failed")
             bad |= c["failed"] > 0 or (strict and name != "core" and c["skipped"] > 0)
     return 1 if bad else 0
 

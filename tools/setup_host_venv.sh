@@ -19,6 +19,8 @@ cons=$(mktemp); printf 'torch==2.13.0\ntorchvision==0.28.0\ntorchaudio==2.11.0\n
 grep -vE '^(torch|torchvision|torchaudio)\s*$' "$host/requirements.txt" > "$cons.req"
 "$py" -m pip install -q -c "$cons" -r "$cons.req"
 "$py" -m pip install -q -c "$cons" -r "$here/../requirements.txt" -r "$here/../tests/requirements.txt"
+# The browser tier (tests/browser) drives Debian's chromium through Playwright; never `playwright install`.
+"$py" -m pip install -q -c "$cons" playwright
 rm -f "$cons" "$cons.req"
 site=$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 # PyPI's torchvision is a CUDA build: guard the register_fake decorators of its meta registrations.
