@@ -8,8 +8,8 @@ visible through ``--extra-model-paths-config``. Output, temp, input and user fol
 a per-session temporary folder, so the host checkout is left untouched (except for the
 symlink, which is removed again unless it was already there).
 
-Workflows are stored in the UI format the frontend saves; :func:`ui_to_api` turns them
-into the API format ``POST /prompt`` takes, using ``GET /object_info`` for input names/order.
+Workflows are stored in the UI format the frontend saves; :func:`ui_to_api` (tools/comfy_api_format.py) turns
+them into the API format ``POST /prompt`` takes, using ``GET /object_info`` for input names/order.
 """
 from __future__ import annotations
 
@@ -31,16 +31,6 @@ PACK_NAME = "vista"
 CHECKPOINT = "vista_test_sd15.safetensors"
 SDXL_CHECKPOINT = "vista_test_sdxl.safetensors"  # tools/make_test_checkpoint.py --family sdxl
 SKIP_REASON = "COMFYUI_PATH not set: host tier skipped — set COMFYUI_PATH to a ComfyUI checkout to run it"
-
-# Nodes that exist only in the frontend: never sent to /prompt.
-FRONTEND_ONLY = {"Note", "MarkdownNote", "PrimitiveNode", "Reroute"}
-# Input types the frontend draws as widgets (their values are in widgets_values, in input order).
-WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
-# The extra widget the frontend adds after seed-like inputs; its value is saved, never sent.
-CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
-SEED_NAMES = {"seed", "noise_seed"}
-# COMBO flags for which the frontend adds an upload button widget whose value ("image") is saved too.
-UPLOAD_FLAGS = ("image_upload", "video_upload", "audio_upload", "animated_image_upload")
 
 
 class PromptRejected(AssertionError):
@@ -226,103 +216,21 @@ class ComfyServer:
         return base / image.get("subfolder", "") / image["filename"]
 
 
-# --- UI workflow -> API prompt ----------------------------------------------------------
-def _ordered_inputs(info: dict):
-    """(name, spec) of the required then optional inputs, in /object_info order (hidden skipped)."""
-    order = info.get("input_order") or {}
-    for section in ("required", "optional"):
-        specs = info.get("input", {}).get(section) or {}
-        for name in order.get(section) or list(specs):
-            if name in specs:
-                yield name, specs[name]
+# --- UI workflow -> API prompt: the converter lives in tools/comfy_api_format.py (tools/run_workflow.py uses it) ---
+sys.path.append(str(REPO_ROOT / "tools"))  # appended, so it shadows nothing; the repo root stays off sys.path
+import comfy_api_format  # noqa: E402
 
-
-def _is_widget(spec) -> bool:
-    kind = spec[0]
-    options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-    if options.get("forceInput"):
-        return False
-    return isinstance(kind, list) or kind in WIDGET_TYPES
-
-
-def _has_control_widget(name: str, spec) -> bool:
-    """True where the frontend adds a 'control after generate' widget behind this input.
-
-    V1 nodes flag it ``"control_after_generate": True``; V3 nodes (v0.33.0) may give the
-    default mode as a string ("randomize", …) instead, so any truthy value counts. The
-    frontend also adds it to INT inputs named seed/noise_seed.
-    """
-    options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-    flag = options.get("control_after_generate")
-    return bool(flag) or (flag is None and spec[0] == "INT" and name in SEED_NAMES)
-
-
-def _has_upload_widget(spec) -> bool:
-    options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-    return any(options.get(flag) for flag in UPLOAD_FLAGS)
-
-
-def _resolve_link(link_id, nodes: dict, links: dict):
-    """``[src_node_id, src_slot]`` for a link, following Reroutes; None for a PrimitiveNode source."""
-    while link_id is not None:
-        _, src, src_slot, *_ = links[link_id]
-        node = nodes[src]
-        if node["type"] == "Reroute":
-            link_id = node["inputs"][0].get("link")
-            continue
-        if node["type"] == "PrimitiveNode":
-            return None  # the frontend copies the primitive's value into the target's widgets_values
-        return [str(src), src_slot]
-    return None
+_ordered_inputs, _is_widget = comfy_api_format.ordered_inputs, comfy_api_format.is_widget
+_has_control_widget, _has_upload_widget = comfy_api_format.has_control_widget, comfy_api_format.has_upload_widget
 
 
 def ui_to_api(ui: dict, object_info: dict, checkpoint: str | None = CHECKPOINT) -> dict:
-    """Convert a UI-format graph (as the frontend saves it) to the API prompt ``/prompt`` takes.
-
-    Rules: frontend-only nodes (Note, PrimitiveNode, Reroute) and muted nodes (mode 2) are
-    dropped; widget values are assigned to the widget inputs in /object_info order (required,
-    then optional; inputs whose type is a connection type are not widgets); the saved
-    'control after generate' value behind seed-like inputs and the upload-button value behind
-    LoadImage-like combos are skipped; a linked input
-    becomes ``[src_node_id, src_slot]`` (through Reroutes). ``ckpt_name`` of
-    CheckpointLoaderSimple is replaced by ``checkpoint`` unless that is None.
-    """
-    nodes = {n["id"]: n for n in ui["nodes"]}
-    links = {link[0]: link for link in ui.get("links", [])}
-    prompt = {}
-    for node in ui["nodes"]:
-        kind, mode = node["type"], node.get("mode", 0)
-        if kind in FRONTEND_ONLY or mode == 2:
-            continue
-        if mode == 4:
-            raise NotImplementedError(f"node {node['id']} ({kind}) is bypassed; ui_to_api does not rewire bypassed nodes")
-        if kind not in object_info:
-            raise KeyError(f"node {node['id']}: type {kind!r} is not in /object_info (did its pack fail to import?)")
-        linked = {i["name"]: i.get("link") for i in node.get("inputs", []) if i.get("link") is not None}
-        values = node.get("widgets_values") or []
-        position, inputs = 0, {}
-        for name, spec in _ordered_inputs(object_info[kind]):
-            if _is_widget(spec):
-                if isinstance(values, dict):
-                    value = values.get(name)
-                elif position < len(values):
-                    value = values[position]
-                    position += 1
-                    if _has_control_widget(name, spec) and position < len(values) and values[position] in CONTROL_VALUES:
-                        position += 1
-                    elif _has_upload_widget(spec) and position < len(values):
-                        position += 1
-                else:
-                    value = None
-                if value is not None:
-                    inputs[name] = value
-            if name in linked:
-                source = _resolve_link(linked[name], nodes, links)
-                if source is not None:
-                    inputs[name] = source
-        if kind == "CheckpointLoaderSimple" and checkpoint is not None:
-            inputs["ckpt_name"] = checkpoint
-        prompt[str(node["id"])] = {"class_type": kind, "inputs": inputs, "_meta": {"title": node.get("title") or kind}}
+    """:func:`comfy_api_format.ui_to_api` (frontend rules, raises KeyError on an unknown node type), then
+    ``ckpt_name`` of CheckpointLoaderSimple replaced by ``checkpoint`` unless that is None."""
+    prompt = comfy_api_format.ui_to_api(ui, object_info)
+    if checkpoint is not None:
+        for node in nodes_of(prompt, "CheckpointLoaderSimple").values():
+            node["inputs"]["ckpt_name"] = checkpoint
     return prompt
 
 

@@ -1,0 +1,210 @@
+"""Host tier: tools/run_workflow.py as a user runs it (a subprocess) against a real ComfyUI (COMFYUI_PATH), no mocks.
+
+The error cases and the API-format run share the session's server (conftest ``comfyui_server``, which lists
+the random-weight test checkpoint); one test lets the runner start the host checkout itself. Canvases,
+windows and steps are shrunk with ``--set`` so every run stays well under a minute on 2 CPU cores.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import comfy_server
+import comfy_api_format  # tools/ (comfy_server puts it on sys.path)
+
+pytestmark = [pytest.mark.host, pytest.mark.e2e]
+
+RUNNER = comfy_server.REPO_ROOT / "tools" / "run_workflow.py"
+PANORAMA = comfy_server.REPO_ROOT / "workflows" / "panorama_multidiffusion.json"
+# panorama_multidiffusion.json on a 192x128 canvas: 2 windows of 128 px (stride 64), 2 steps.
+SMALL = ["--set", "EmptyLatentImage.width=192", "--set", "EmptyLatentImage.height=128",
+         "--set", "VistaTiledDiffusion.window_width=128", "--set", "VistaTiledDiffusion.window_height=128",
+         "--set", "VistaTiledDiffusion.stride_x=64", "--set", "VistaTiledDiffusion.stride_y=64",
+         "--set", "KSampler.steps=2"]
+# The same on a 384x384 canvas for 50 steps: a run that is still sampling when it is cut short.
+SLOW = [*SMALL, "--set", "EmptyLatentImage.width=384", "--set", "EmptyLatentImage.height=384", "--set", "KSampler.steps=50"]
+TIMEOUT = 600
+
+
+def run_workflow(*args, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python tools/run_workflow.py ARGS`` with the test interpreter (the host's venv)."""
+    done = subprocess.run([sys.executable, str(RUNNER), *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                          timeout=TIMEOUT, env=env)
+    print(f"$ run_workflow {' '.join(map(str, args))}\n-> exit {done.returncode}\n{done.stdout}{done.stderr}")
+    return done
+
+
+def on(server) -> list[str]:
+    return ["--server", server.url.removeprefix("http://")]
+
+
+def assert_one_error(done: subprocess.CompletedProcess, code: int) -> str:
+    """Exit ``code``, one 'run_workflow: error:' message, no Python traceback; return the message."""
+    assert done.returncode == code, (done.returncode, done.stderr)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.count("run_workflow: error:") == 1, done.stderr
+    return done.stderr.split("run_workflow: error:", 1)[1]
+
+
+def test_starts_comfyui_itself_and_saves_the_image(comfyui_path, test_checkpoint, tmp_path):
+    """No server at --server, a checkout given: the runner starts it (pack linked in, test checkpoint through
+    --extra-model-paths-config), shows per-node bars with the sampler's steps, saves the PNG, stops it."""
+    done = run_workflow(PANORAMA, "--server", f"127.0.0.1:{comfy_server.free_port()}", "--comfyui", comfyui_path,
+                        "--smoke", *SMALL, "--out", "outs", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "starting ComfyUI" in done.stderr and "ComfyUI is up" in done.stderr
+    assert re.search(r"#6 KSampler: +100%\|.*\| 2/2", done.stderr), done.stderr  # the sampler's step bar
+    assert "#2 Vista Tiled Diffusion" in done.stderr
+    (saved,) = done.stdout.split()
+    path = tmp_path / saved
+    assert path.parent == tmp_path / "outs" and path.suffix == ".png"
+    with Image.open(path) as image:
+        assert image.size == (192, 128)
+    (log,) = re.findall(r"\(log: (\S+)\)", done.stderr)
+    assert not Path(log).exists(), "the server log of a successful run is removed"
+
+
+def test_api_format_on_a_running_server(comfyui_server, tmp_path):
+    """An API-format prompt (as the frontend's Export (API) writes it) runs as it is; the output is fetched
+    through /view, and a second run does not overwrite the first run's file."""
+    ui = json.loads(PANORAMA.read_text())
+    prompt = comfy_server.ui_to_api(ui, comfyui_server.object_info())
+    api = tmp_path / "panorama_api.json"
+    api.write_text(json.dumps(prompt))
+    small = ["--set", "5.width=128", "--set", "5.height=128", "--set", "6.steps=1",
+             "--set", "2.window_width=128", "--set", "2.window_height=128"]
+    first = run_workflow(api, *on(comfyui_server), *small, "--set", "6.seed=1", cwd=tmp_path)
+    second = run_workflow(api, *on(comfyui_server), *small, "--set", "6.seed=2", cwd=tmp_path)
+    assert first.returncode == second.returncode == 0, first.stderr + second.stderr
+    paths = [tmp_path / p for p in first.stdout.split() + second.stdout.split()]
+    assert len(set(paths)) == 2 and all(p.parent == tmp_path / "vista_outputs" for p in paths), paths
+    for path in paths:
+        with Image.open(path) as image:
+            assert image.size == (128, 128)
+
+
+def test_missing_checkpoint(comfyui_server, comfyui_path, tmp_path):
+    """The workflow's own ckpt_name, which the server lacks: node, input, file and the folders ComfyUI searches."""
+    done = run_workflow(PANORAMA, *on(comfyui_server), cwd=tmp_path)
+    message = assert_one_error(done, 4)
+    assert "node 1 'Load Checkpoint' (CheckpointLoaderSimple), input ckpt_name" in message
+    assert "'v1-5-pruned-emaonly.safetensors' is not in ComfyUI's checkpoints folder" in message
+    assert str(comfyui_path / "models" / "checkpoints") in message
+    assert comfy_server.CHECKPOINT in message  # what the server has
+    assert "--smoke" in message
+
+
+def test_missing_node_type(comfyui_server, tmp_path):
+    ui = json.loads(PANORAMA.read_text())
+    (node,) = [n for n in ui["nodes"] if n["type"] == "VistaTiledDiffusion"]
+    node["type"] = "VistaNoSuchNode"
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps(ui))
+    message = assert_one_error(run_workflow(broken, *on(comfyui_server), "--smoke", cwd=tmp_path), 4)
+    assert f"node {node['id']} 'VistaNoSuchNode': VistaNoSuchNode — a Vista node: update this pack" in message
+    assert "Install or update the custom node pack" in message
+
+
+def test_validation_failure(comfyui_server, tmp_path):
+    """/prompt's 400: a stride outside its range (Vista's validate_inputs) and a value below a schema minimum,
+    each with node id, title, class and the message; the relation check is reported once, not per input."""
+    done = run_workflow(PANORAMA, *on(comfyui_server), "--smoke", *SMALL, "--set", "VistaTiledDiffusion.stride_x=0",
+                        "--set", "KSampler.steps=0", cwd=tmp_path)
+    message = assert_one_error(done, 5)
+    assert "ComfyUI rejected the workflow" in message
+    assert message.count("node 2 'Vista Tiled Diffusion' (VistaTiledDiffusion): ") == 1, message
+    assert "stride_x=0 px must be in [8, 16384] px" in message
+    assert "node 6 'KSampler' (KSampler), input steps: Value 0 smaller than min of 1" in message
+
+
+def test_execution_error(comfyui_server, tmp_path):
+    """Accepted at /prompt (step=8 is only a UI hint), fails while running: the node and the exception message."""
+    done = run_workflow(PANORAMA, *on(comfyui_server), "--smoke", *SMALL, "--set", "EmptyLatentImage.width=128",
+                        "--set", "EmptyLatentImage.height=128", "--set", "VistaTiledDiffusion.window_width=132",
+                        cwd=tmp_path)
+    message = assert_one_error(done, 6)
+    assert re.search(r"execution failed in node (2 'Vista Tiled Diffusion'|6 'KSampler') .*: ValueError: ", message)
+    assert "window_width" in message
+
+
+def wait_for_empty_queue(server, timeout: float = 120.0) -> None:
+    """The cancelled prompt is neither running nor pending any more (it was interrupted, not left to run)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        queue = server.get("/queue")
+        if not queue["queue_running"] and not queue["queue_pending"]:
+            return
+        time.sleep(0.5)
+    pytest.fail(f"the prompt still runs {timeout:.0f} s after the runner cancelled it: {queue}")
+
+
+def test_timeout_interrupts_the_run(comfyui_server, tmp_path):
+    done = run_workflow(PANORAMA, *on(comfyui_server), "--smoke", *SLOW, "--timeout", "3", cwd=tmp_path)
+    message = assert_one_error(done, 7)
+    assert "did not finish within 3 s (--timeout); it was interrupted" in message
+    wait_for_empty_queue(comfyui_server)
+
+
+def test_ctrl_c_cancels_the_prompt(comfyui_server, tmp_path):
+    cmd = [sys.executable, str(RUNNER), str(PANORAMA), *on(comfyui_server), "--smoke", *SLOW]
+    with subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        for line in proc.stderr:  # wait until the prompt is queued
+            if "queued prompt" in line:
+                break
+        time.sleep(2.0)
+        proc.send_signal(signal.SIGINT)
+        stderr = proc.stderr.read()
+        assert proc.wait(timeout=60) == 130, stderr
+    assert "Traceback" not in stderr and "interrupted (Ctrl-C); the prompt was cancelled" in stderr, stderr
+    wait_for_empty_queue(comfyui_server)
+
+
+def test_set_names_one_node_and_an_existing_input(comfyui_server, tmp_path):
+    ambiguous = assert_one_error(run_workflow(PANORAMA, *on(comfyui_server), "--set", "CLIPTextEncode.text=x",
+                                              cwd=tmp_path), 2)
+    assert "'CLIPTextEncode' matches 2 nodes" in ambiguous
+    assert "node 3 'Positive prompt' (CLIPTextEncode)" in ambiguous and "node 4 'Negative prompt'" in ambiguous
+    unknown = assert_one_error(run_workflow(PANORAMA, *on(comfyui_server), "--set", "Positive prompt.txt=x",
+                                            cwd=tmp_path), 2)
+    assert "node 3 'Positive prompt' (CLIPTextEncode) has no input 'txt'; its inputs: text, clip" in unknown
+    syntax = assert_one_error(run_workflow(PANORAMA, *on(comfyui_server), "--set", "steps=4", cwd=tmp_path), 2)
+    assert "expected NODE.INPUT=VALUE" in syntax
+
+
+def test_no_server_and_no_checkout(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "COMFYUI_PATH"}
+    done = run_workflow(PANORAMA, "--server", f"127.0.0.1:{comfy_server.free_port()}", cwd=tmp_path, env=env)
+    message = assert_one_error(done, 3)
+    assert "no ComfyUI answers at http://127.0.0.1:" in message and "--comfyui PATH or COMFYUI_PATH" in message
+
+
+def test_bypassed_and_muted_nodes_follow_the_frontend(comfyui_server):
+    """A bypassed node is dropped and its output link rewired to its input of the same type; a muted source
+    leaves the input unset (the frontend sends no link)."""
+    def n(id, type, inputs=(), outputs=(), widgets=(), mode=0):
+        return {"id": id, "type": type, "mode": mode, "widgets_values": list(widgets),
+                "inputs": [{"name": name, "type": t, "link": link} for name, t, link in inputs],
+                "outputs": [{"name": t, "type": t} for t in outputs]}
+
+    ui = {"nodes": [
+        n(1, "CheckpointLoaderSimple", outputs=["MODEL", "CLIP", "VAE"], widgets=["x.safetensors"]),
+        n(2, "VistaTiledDiffusion", inputs=[("model", "MODEL", 1)], outputs=["MODEL"],
+          widgets=[512, 512, 128, 128, "uniform", False, 4], mode=4),
+        n(3, "KSampler", inputs=[("model", "MODEL", 2), ("latent_image", "LATENT", 3)],
+          widgets=[1, "fixed", 4, 7.5, "euler", "normal", 1.0]),
+        n(4, "EmptyLatentImage", outputs=["LATENT"], widgets=[512, 512, 1], mode=2),
+    ], "links": [[1, 1, 0, 2, 0, "MODEL"], [2, 2, 0, 3, 0, "MODEL"], [3, 4, 0, 3, 3, "LATENT"]]}
+    api = comfy_api_format.ui_to_api(ui, comfyui_server.object_info())
+    assert sorted(api) == ["1", "3"]
+    assert api["3"]["inputs"]["model"] == ["1", 0]
+    assert "latent_image" not in api["3"]["inputs"]
+    assert api["1"]["inputs"] == {"ckpt_name": "x.safetensors"}  # the tools converter never swaps checkpoints
