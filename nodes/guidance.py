@@ -197,7 +197,6 @@ class VistaSyncDiffusion(io.ComfyNode):
             ],
             outputs=[GuidanceType.Output(display_name="guidance",
                                          tooltip="SyncDiffusion guidance for the Vista Latent Fusion Sampler.")],
-            is_experimental=True,
         )
 
     @classmethod
@@ -241,7 +240,6 @@ class VistaMultiScaleDiffusion(io.ComfyNode):
             ],
             outputs=[GuidanceType.Output(display_name="guidance",
                                          tooltip="Multi-Scale Diffusion guidance for the Vista Latent Fusion Sampler.")],
-            is_experimental=True,
         )
 
     @classmethod

@@ -241,7 +241,6 @@ class VistaLatentFusionSampler(io.ComfyNode):
                 size_conditioning_input(),
             ],
             outputs=[io.Sampler.Output(tooltip="A SAMPLER for SamplerCustom / SamplerCustomAdvanced.")],
-            is_experimental=True,
         )
 
     @classmethod

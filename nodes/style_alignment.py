@@ -81,7 +81,6 @@ class VistaStyleAlignment(io.ComfyNode):
                                        "top-left tile of the canvas noise itself."),
             ],
             outputs=[io.Noise.Output(tooltip="A NOISE for SamplerCustomAdvanced.")],
-            is_experimental=True,
         )
 
     @classmethod

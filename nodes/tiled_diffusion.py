@@ -91,7 +91,6 @@ class VistaTiledDiffusion(io.ComfyNode):
                 size_conditioning_input(),
             ],
             outputs=[io.Model.Output(tooltip="The model, patched to denoise in fused windows at every sampling step.")],
-            is_experimental=True,
         )
 
     @classmethod

@@ -64,7 +64,6 @@ class VistaZoomSettings(io.ComfyNode):
                 ZoomType.Output(display_name="zoom", tooltip="The settings (p, levels) for every Vista zoom node."),
                 io.Int.Output(display_name="levels", tooltip="N; link it to the EmptyLatentImage batch_size."),
             ],
-            is_experimental=True,
         )
 
     @classmethod
@@ -96,7 +95,6 @@ class VistaZoomPrompts(io.ComfyNode):
             ],
             outputs=[io.Conditioning.Output(display_name="CONDITIONING",
                                             tooltip="Positive conditioning of batch N (one prompt per level).")],
-            is_experimental=True,
         )
 
     @classmethod
@@ -123,7 +121,6 @@ class VistaZoomNoise(io.ComfyNode):
                              tooltip="Seed of the noise; same seed, same stack. The noise is drawn on the CPU."),
             ],
             outputs=[io.Noise.Output(tooltip="Zoom-consistent noise for a stack latent of batch N (N levels).")],
-            is_experimental=True,
         )
 
     @classmethod
@@ -167,7 +164,6 @@ class VistaZoomStackSampler(io.ComfyNode):
                                         "the size of one stack level (e.g. 512x512 px on SD1.5)."),
             ],
             outputs=[io.Sampler.Output(tooltip="The zoom-stack sampler, for SamplerCustomAdvanced.")],
-            is_experimental=True,
         )
 
     @classmethod
@@ -197,7 +193,6 @@ class VistaZoomComposite(io.ComfyNode):
                 feather_input("a level cross-fades into the deeper level"),
             ],
             outputs=[io.Image.Output(tooltip="The N levels, each one's centre made from the deeper levels.")],
-            is_experimental=True,
         )
 
     @classmethod
@@ -231,7 +226,6 @@ class VistaZoomVideo(io.ComfyNode):
                 feather_input("a deeper level fades in"),
             ],
             outputs=[io.Image.Output(tooltip="The video frames, (N − 1) · frames_per_level + 1 images of the level size.")],
-            is_experimental=True,
         )
 
     @classmethod

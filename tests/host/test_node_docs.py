@@ -158,6 +158,12 @@ class TestNodeDocs:
         gaps = readme_gaps(infos, (ROOT / "README.md").read_text(encoding="utf-8"))
         assert not gaps, "\n".join(gaps)
 
+    def test_no_beta_badge(self, infos):
+        """Issue [F] 4: every node's workflow passes e2e (panorama_flux's nodes run in other workflows too), so no
+        node carries the frontend's BETA badge (is_experimental) or a DEPRECATED one."""
+        flagged = [info["name"] for info in infos if info.get("experimental") or info.get("deprecated")]
+        assert not flagged, f"nodes flagged experimental/deprecated: {flagged}"
+
     def test_node_ids_follow_the_naming_rule(self, infos):
         bad = [info["name"] for info in infos
                if not (info["name"].startswith("Vista") and info["display_name"].startswith("Vista "))]
