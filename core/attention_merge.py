@@ -17,10 +17,20 @@ block's scale ``s`` is the UNet's downsampling at that block; a window ``(y, x, 
 latent px sits on the canvas block grid ``ceil(H/s) x ceil(W/s)`` at
 :func:`~core.windows.scale_window`'s position.
 
-Merge and split are gathers through a :class:`TokenIndex`, built once per (plan, block
-grid) on the CPU — where the coverage check runs — and moved to the device once; the
-:class:`MadLayout` that travels in ``transformer_options`` caches it for the whole run, so
-an attention call does no Python loop over windows, no host→device copy and no device sync.
+Merge and split go through a :class:`TokenIndex`, built once per (plan, block grid) on the
+CPU — where the coverage check runs — and moved to the device once; the :class:`MadLayout`
+that travels in ``transformer_options`` caches it for the whole run, so an attention call does
+no per-window Python loop, no host→device copy and no device sync.
+
+Memory (issue [F] 2): a merged call needs no more than the host's attention over the same
+window tokens, up to canvas-sized buffers (the canvas has at most as many tokens as the
+windows). The merge accumulates with ``index_add_`` into one float32 canvas (a low-precision
+or multi-sample batch is converted in chunks of at most a canvas' worth of tokens, never as a
+whole float32 copy of the window batch); the split is one ``index_select`` straight into the
+window-major order; self-attention runs in query chunks whose score matrix
+(chunk × canvas tokens) is never larger than the windowed attention's (``N × T × T``), so even
+an attention that materialises scores stays within the windowed bound (:func:`query_chunk`).
+No ``(N·T) × canvas`` matrix is ever built.
 
 Rule for window batches: the merge needs **every window of the plan in one model call**.
 A call that holds only a chunk of the plan has the wrong batch and raises; the node layer
@@ -51,6 +61,7 @@ __all__ = [
     "split_tokens",
     "merged_self_attention",
     "merged_cross_attention",
+    "query_chunk",
     "mad_steps",
     "mad_step_index",
     "mad_active",
@@ -244,16 +255,41 @@ def merge_tokens(tokens: torch.Tensor, idx: TokenIndex, batch: int = 1) -> torch
     Shape: ``tokens (K·N·B, h_s·w_s, C)`` → ``(K·B, H_s·W_s, C)``, in ``tokens``' dtype
     (summed in at least float32).
 
+    Memory: one float32 canvas accumulator; a batch that is not already ``(K, N·T, C)`` float32
+    (``B > 1`` or a 16-bit dtype) is converted in chunks of at most ``H_s·W_s`` tokens
+    (``ceil(N·T / (H_s·W_s))`` chunks: the mean number of windows over a canvas token).
+
     >>> idx = token_index([Window(0, 0, 1, 2), Window(0, 1, 1, 2)], (1, 3), (1, 2))
     >>> merge_tokens(torch.tensor([[[1.0], [3.0]], [[5.0], [7.0]]]), idx).flatten()
     tensor([1., 4., 7.])
     """
     _check_tokens(tokens, idx, batch, "tokens")
+    n, t, c = idx.n_windows, idx.n_tokens, tokens.shape[-1]
+    k, n_canvas = tokens.shape[0] // (n * batch), idx.grid[0] * idx.grid[1]
     acc = torch.promote_types(tokens.dtype, torch.float32)
-    grouped = rearrange(tokens, "(k n b) t c -> (k b) (n t) c", n=idx.n_windows, b=batch).to(acc)
-    canvas = grouped.new_zeros(grouped.shape[0], idx.grid[0] * idx.grid[1], grouped.shape[-1])
-    canvas.index_add_(1, idx.index, grouped)
-    return (canvas / idx.count.to(acc)).to(tokens.dtype)
+    windows = tokens.reshape(k, n, batch, t, c)
+    canvas = tokens.new_zeros((k * batch, n_canvas, c), dtype=acc)
+    if batch == 1 and tokens.dtype == acc:  # already (k, n·t, c) in the accumulator's dtype: no copy at all
+        canvas.index_add_(1, idx.index, windows.reshape(k, n * t, c))
+    else:
+        _add_in_chunks(canvas, windows, idx.index, max(1, n_canvas // t))
+    canvas.div_(idx.count.to(acc))
+    return canvas.to(tokens.dtype)
+
+
+def _add_in_chunks(canvas: torch.Tensor, windows: torch.Tensor, index: torch.Tensor, step: int) -> None:
+    """``canvas (K·B, T_c, C) += windows (K, N, B, T, C)`` at ``index``, ``step`` windows at a time.
+
+    Each chunk is converted to the canvas' dtype and reordered sample-major in one copy of at most
+    ``step·T <= T_c`` tokens per (chunk, sample), the only temporary.
+    """
+    k, n, batch, t, c = windows.shape
+    for start in range(0, n, step):
+        part = windows[:, start:start + step]
+        chunk = torch.empty((k, batch, part.shape[1], t, c), dtype=canvas.dtype, device=canvas.device)
+        chunk.copy_(rearrange(part, "k n b t c -> k b n t c"))
+        canvas.index_add_(1, index[start * t:(start + part.shape[1]) * t], chunk.view(k * batch, -1, c))
+        del chunk  # before the next one is allocated
 
 
 def split_tokens(canvas_tokens: torch.Tensor, idx: TokenIndex, batch: int = 1) -> torch.Tensor:
@@ -264,7 +300,8 @@ def split_tokens(canvas_tokens: torch.Tensor, idx: TokenIndex, batch: int = 1) -
         idx: the plan's :class:`TokenIndex` at this block.
         batch: canvas samples ``B`` per chunk.
 
-    Shape: ``(K·B, H_s·W_s, C)`` → ``(K·N·B, h_s·w_s, C)`` with index ``k·N·B + n·B + b``.
+    Shape: ``(K·B, H_s·W_s, C)`` → ``(K·N·B, h_s·w_s, C)`` with index ``k·N·B + n·B + b``,
+    gathered in that order by one ``index_select`` (no reordering copy).
 
     >>> idx = token_index([Window(0, 0, 1, 2), Window(0, 2, 1, 2)], (1, 3), (1, 2))
     >>> split_tokens(torch.tensor([[[1.0], [2.0], [3.0]]]), idx).flatten()
@@ -274,41 +311,87 @@ def split_tokens(canvas_tokens: torch.Tensor, idx: TokenIndex, batch: int = 1) -
     Hs, Ws = idx.grid
     check(canvas_tokens.shape[1] == Hs * Ws, f"canvas_tokens must have {Hs}x{Ws}={Hs * Ws} tokens, got {canvas_tokens.shape[1]}")
     check(canvas_tokens.shape[0] % batch == 0, f"canvas_tokens batch {canvas_tokens.shape[0]} must be a multiple of batch={batch}")
-    out = canvas_tokens[:, idx.index]
-    return rearrange(out, "(k b) (n t) c -> (k n b) t c", n=idx.n_windows, b=batch)
+    groups, n_canvas, c = canvas_tokens.shape
+    n, t = idx.n_windows, idx.n_tokens
+    index = idx.index
+    if groups > 1:  # flat row of (chunk k, window n, sample b, token t): (k·B + b)·H_s·W_s + index[n, t]
+        offsets = torch.arange(groups, device=index.device).view(groups // batch, 1, batch, 1) * n_canvas
+        index = (offsets + index.view(1, n, 1, t)).flatten()
+    return canvas_tokens.reshape(groups * n_canvas, c).index_select(0, index).view(-1, t, c)
+
+
+def query_chunk(idx: TokenIndex) -> int:
+    """Queries per merged self-attention call: the score matrix stays within the windowed attention's.
+
+    The host's attention over the window batch would score ``N x T x T`` pairs per head
+    (each window with itself); merged attention over ``T_c = H_s·W_s`` canvas tokens scores
+    ``T_c x T_c``, which is larger once ``T_c > sqrt(N)·T`` (many windows). Queries are taken
+    ``chunk = floor(N·T² / T_c)`` at a time (``>= T``, as ``T_c <= N·T``), so ``chunk x T_c <= N·T²``:
+    an attention that materialises its scores (the host's math fallback) needs no more than it
+    would for the windows; a memory-efficient kernel (SDPA flash/efficient) only runs ``ceil(T_c / chunk)``
+    calls instead of one.
+
+    >>> windows = [Window(y, x, 4, 4) for y in (0, 2, 4) for x in (0, 2, 4)]  # 9 windows of 16 tokens
+    >>> query_chunk(token_index(windows, (8, 8), (4, 4)))  # 64 canvas tokens: 9·16² // 64
+    36
+    """
+    n_canvas = idx.grid[0] * idx.grid[1]
+    return max(idx.n_tokens, idx.n_windows * idx.n_tokens ** 2 // n_canvas)
+
+
+def _attend_in_chunks(attention: Attention, q, k, v, chunk: int, poll: Callable[[], None] | None) -> torch.Tensor:
+    """``attention(q, k, v)`` over query chunks of ``chunk`` tokens (rows are independent), ``poll()`` between chunks."""
+    n_queries = q.shape[1]
+    if chunk >= n_queries:
+        return attention(q, k, v)
+    out = None
+    for start in range(0, n_queries, chunk):
+        if poll is not None and start:
+            poll()
+        part = attention(q[:, start:start + chunk], k, v)
+        if out is None:
+            out = part.new_empty((q.shape[0], n_queries, part.shape[-1]))
+        out[:, start:start + chunk] = part
+    return out
 
 
 def merged_self_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: TokenIndex, batch: int, attention: Attention
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: TokenIndex, batch: int, attention: Attention,
+    poll: Callable[[], None] | None = None,
 ) -> torch.Tensor:
     """MAD on a self-attention layer (attn1): merge q, k, v, attend over the whole canvas, split.
 
     Merging the projected q, k, v equals projecting the merged features (the projections are
     linear and the merge weights sum to 1), i.e. MAD §4's "self-attention performed on the
-    merged tensor".
+    merged tensor". The canvas queries attend in chunks of :func:`query_chunk` tokens.
 
     Args:
         q, k, v: projected window tokens (see :func:`merge_tokens`); ``k``/``v`` the same windows' tokens.
         idx: the plan's :class:`TokenIndex` at this block.
         batch: canvas samples ``B`` per chunk.
         attention: see :data:`Attention` (heads are the callable's business).
+        poll: called between query chunks (the node passes ComfyUI's interrupt check); ``None``: nothing.
 
     Shape: ``q, k, v (K·N·B, h_s·w_s, heads·d)`` → ``(K·N·B, h_s·w_s, heads·d_v)``.
     """
     check(k.shape[:2] == q.shape[:2] and v.shape[:2] == q.shape[:2],
           f"self-attention k {tuple(k.shape)} and v {tuple(v.shape)} must have q's batch and tokens {tuple(q.shape[:2])}")
     merged = [merge_tokens(t, idx, batch) for t in (q, k, v)]
-    return split_tokens(attention(*merged), idx, batch)
+    out = _attend_in_chunks(attention, *merged, query_chunk(idx), poll)
+    del merged  # the canvas q, k, v are not needed for the split
+    return split_tokens(out, idx, batch)
 
 
 def merged_cross_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: TokenIndex, batch: int, attention: Attention
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: TokenIndex, batch: int, attention: Attention,
+    poll: Callable[[], None] | None = None,
 ) -> torch.Tensor:
     """MAD on a cross-attention layer (attn2): merge the queries, attend to the prompt, split.
 
     Every window of a canvas sample carries that sample's prompt (Vista's window code and
     ComfyUI's conditioning repeat both tile the prompts window-major), so the prompt tokens of
-    window 0 of each sample are used; nothing is compared on the device.
+    window 0 of each sample are used; nothing is compared on the device. The scores
+    (canvas tokens x prompt tokens) are fewer than the windows' (window tokens x prompt tokens).
 
     Args:
         q: projected window queries (see :func:`merge_tokens`).
@@ -316,15 +399,16 @@ def merged_cross_attention(
         idx: the plan's :class:`TokenIndex` at this block.
         batch: canvas samples ``B`` per chunk.
         attention: see :data:`Attention`.
+        poll: unused (one attention call); accepted so both merged attentions take the same arguments.
 
     Shape: ``q (K·N·B, h_s·w_s, heads·d)``, ``k, v (K·N·B, L, heads·d)`` → ``(K·N·B, h_s·w_s, heads·d_v)``.
     """
     check_shape(k, ["K·N·B", "L", "C"], "k")
     check_shape(v, ["K·N·B", "L", "C"], "v")
     check(k.shape[0] == q.shape[0] == v.shape[0], f"q, k, v batches must match, got {q.shape[0]}, {k.shape[0]}, {v.shape[0]}")
-    merged_q = merge_tokens(q, idx, batch)
-    k0, v0 = (rearrange(t, "(k n b) l c -> (k b) n l c", n=idx.n_windows, b=batch)[:, 0] for t in (k, v))
-    return split_tokens(attention(merged_q, k0, v0), idx, batch)
+    k0, v0 = (t.reshape(-1, idx.n_windows, batch, *t.shape[1:])[:, 0].reshape(-1, *t.shape[1:]) for t in (k, v))
+    out = attention(merge_tokens(q, idx, batch), k0, v0)
+    return split_tokens(out, idx, batch)
 
 
 def mad_steps(tau: float, n_steps: int) -> int:
@@ -370,7 +454,9 @@ def mad_active(step: int, n_steps: int, tau: float) -> bool:
     return step < mad_steps(tau, n_steps)
 
 
-def mad_attention_patch(cross: bool, optimized_attention: Callable, key: str = MAD_LAYOUT_KEY) -> Callable:
+def mad_attention_patch(
+    cross: bool, optimized_attention: Callable, key: str = MAD_LAYOUT_KEY, poll: Callable[[], None] | None = None
+) -> Callable:
     """An attention-replace patch ``fn(q, k, v, extra_options)`` for ComfyUI's attn1/attn2 (MAD §4–5).
 
     The patch merges whenever the call carries a :class:`MadLayout` in ``extra_options[key]``;
@@ -382,6 +468,8 @@ def mad_attention_patch(cross: bool, optimized_attention: Callable, key: str = M
         cross: ``True`` for cross-attention (attn2), ``False`` for self-attention (attn1).
         optimized_attention: the host's ``optimized_attention(q, k, v, heads, attn_precision=, transformer_options=)``.
         key: transformer_options key of the layout.
+        poll: called before every merged attention call and between its query chunks (the node passes
+            ComfyUI's interrupt check, so an interrupt stops a merged UNet call within one layer).
 
     Shape: ``q (K·N·B, h_s·w_s, heads·d)``; ``extra_options["activations_shape"][-2:] == (h_s, w_s)``.
     """
@@ -397,7 +485,9 @@ def mad_attention_patch(cross: bool, optimized_attention: Callable, key: str = M
         layout = extra_options.get(key)
         if layout is None:
             return attention(q, k, v)
+        if poll is not None:
+            poll()
         idx = layout.token_index(tuple(extra_options["activations_shape"][-2:]), q.device)
-        return merged(q, k, v, idx, layout.batch, attention)
+        return merged(q, k, v, idx, layout.batch, attention, poll)
 
     return patch

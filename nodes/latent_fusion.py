@@ -15,6 +15,7 @@ from ..core.multidiffusion import chunks
 from ._common import (CanvasPlan, PlanCache, WindowSpec, check_image_latent, check_patch_grid, check_pixels, check_strides,
                       core_error, latent_factor, mad_tau, size_conditioning_input, step_form, takes_size_conditioning,
                       WindowBatchProgress, unet_alignment, window_inputs, with_layout)
+from .budget import check_canvas_budget
 from .guidance import GuidanceType, GuidedRun, log_memory
 
 NODE = "Vista Latent Fusion Sampler"
@@ -182,6 +183,9 @@ class LatentFusionSampler(comfy.samplers.Sampler):
         spec, canvas_hw = self.window_spec(model_wrap.model_patcher), tuple(noise.shape[-2:])
         align, reason = self.alignment(model_wrap.model_patcher, tau)
         plan = PlanCache(spec, self.weight_mode).get(canvas_hw, align, noise.device, reason)
+        check_canvas_budget(NODE, model_wrap.model_patcher, canvas_hw, len(plan.windows), self.batch_size, tau is not None,
+                            window_hw_latent=(plan.windows[0].h, plan.windows[0].w), samples=noise.shape[0],
+                            factor=spec.factor)
         guidance, copies = self.guided(model_wrap, extra_args, plan, spec, canvas_hw)
         progress = WindowBatchProgress()
         options = {"windows": plan.windows, "weights": plan.weights, "batch_size": self.batch_size, "guidance": guidance,

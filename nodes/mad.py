@@ -2,12 +2,18 @@
 from __future__ import annotations
 
 import comfy.ldm.modules.attention as comfy_attention
+import comfy.model_management
+import comfy.patcher_extension
 from comfy_api.latest import io
 
-from ..core.attention_merge import MAD_TAU_KEY, mad_attention_patch
+from ..core.attention_merge import MAD_LAYOUT_KEY, MAD_TAU_KEY, mad_attention_patch
+from ..core.budget import UNetGeometry
+from ._common import latent_factor
+from .budget import check_merged_call, unet_geometry
 
 NODE = "Vista MAD Attention"
 BLOCKS = ("input", "middle", "output")
+GUARD_KEY = "vista_mad_merged_call_guard"
 
 
 def transformer_blocks(diffusion_model, names: tuple[str, ...]) -> list[tuple[str, int]]:
@@ -32,6 +38,26 @@ def refuse_non_unet(diffusion_model) -> None:
                          f"Vista Latent Fusion Sampler without MAD on this model")
 
 
+class MergedCallGuard:
+    """``DIFFUSION_MODEL`` wrapper: before the network runs a merged call (all windows in one batch), honour
+    ComfyUI's interrupt and refuse a batch whose estimated memory exceeds what is free (nodes/budget.py).
+
+    Without a MAD layout in the call's ``transformer_options`` (MAD inactive at this step, or no Vista window
+    code) it only passes the call on.
+    """
+
+    def __init__(self, geometry: UNetGeometry | None, factor: int):
+        self.geometry, self.factor = geometry, factor
+
+    def __call__(self, executor, *args, **kwargs):
+        options = kwargs.get("transformer_options", args[5] if len(args) > 5 else None)
+        layout = options.get(MAD_LAYOUT_KEY) if isinstance(options, dict) else None
+        if layout is not None:
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            check_merged_call(NODE, self.geometry, layout, args[0], self.factor)
+        return executor(*args, **kwargs)
+
+
 class VistaMADAttention(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -44,8 +70,10 @@ class VistaMADAttention(io.ComfyNode):
                 "the whole merged canvas (the windows' q, k, v averaged into canvas tokens, attended, split back) and "
                 "cross-attention queries are merged the same way, so distant windows agree on content and style. "
                 "Chain it with Vista Tiled Diffusion (or use it with the Vista Latent Fusion Sampler); alone it changes "
-                "nothing. While active, all windows of a step are denoised in one call; merged self-attention grows "
-                "quadratically with the canvas. Windows, strides and the canvas should be multiples of 64 px on SD1.5. "
+                "nothing. While active, all windows of a step are denoised in one call, so memory grows with the number "
+                "of windows: a canvas whose window batch cannot fit in free memory is refused, with the estimate, before "
+                "the network runs; merged self-attention time grows quadratically with the canvas. Windows, strides "
+                "and the canvas should be multiples of 64 px on SD1.5. "
                 "UNet models only (SD1.x/2.x/SDXL): DiT models (SD3, Flux) are refused."
             ),
             inputs=[
@@ -59,7 +87,6 @@ class VistaMADAttention(io.ComfyNode):
                 io.Boolean.Input("output_blocks", default=True, tooltip="Merge attention in the UNet's output (up) blocks."),
             ],
             outputs=[io.Model.Output(tooltip="The model with MAD attention patches.")],
-            is_experimental=True,
         )
 
     @classmethod
@@ -72,8 +99,12 @@ class VistaMADAttention(io.ComfyNode):
             raise ValueError(f"{NODE}: the model has no SpatialTransformer attention in the chosen blocks {names}; "
                              f"enable input_blocks/middle_block/output_blocks")
         model = model.clone()
+        poll = comfy.model_management.throw_exception_if_processing_interrupted  # interrupt within one layer
+        attention = comfy_attention.optimized_attention
         for name, index in blocks:
-            model.set_model_attn1_replace(mad_attention_patch(False, comfy_attention.optimized_attention), name, index)
-            model.set_model_attn2_replace(mad_attention_patch(True, comfy_attention.optimized_attention), name, index)
+            model.set_model_attn1_replace(mad_attention_patch(False, attention, poll=poll), name, index)
+            model.set_model_attn2_replace(mad_attention_patch(True, attention, poll=poll), name, index)
         model.model_options.setdefault("transformer_options", {})[MAD_TAU_KEY] = tau
+        model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, GUARD_KEY,
+                                   MergedCallGuard(unet_geometry(diffusion_model), latent_factor(model)))
         return io.NodeOutput(model)

@@ -11,12 +11,16 @@ ComfyUI's own context windows use for the same purpose) that hands the estimate 
 window batch. While a Vista MAD patch is on the model, all windows go in one call (the merge needs
 them) and the batch is counted as such. The latent-fusion route (a SAMPLER) cannot reach this hook:
 the guider prepares sampling before calling a sampler, so there the reservation still counts the canvas.
+
+The same wrapper runs Vista's canvas budget (:func:`nodes.budget.check_canvas_budget`) first: a canvas whose
+largest model call cannot fit is refused with the numbers before the model is loaded or a window cropped.
 """
 from __future__ import annotations
 
 import logging
 
 from ._common import WindowSpec, mad_tau
+from .budget import check_canvas_budget
 
 __all__ = ["window_batch_shape", "WindowBatchReservation"]
 
@@ -46,6 +50,9 @@ class WindowBatchReservation:
         n_windows = len(self.spec.plan(height, width))
         options = kwargs.get("model_options") or model.model_options
         mad = mad_tau(options.get("transformer_options", {})) is not None
+        stride_hw = (min(self.spec.stride_y // f, window_hw[0]), min(self.spec.stride_x // f, window_hw[1]))
+        check_canvas_budget(self.spec.node, model, (height, width), n_windows, self.batch_size, mad,
+                            window_hw_latent=window_hw, stride_hw_latent=stride_hw, samples=noise_shape[0], factor=f)
         shape = window_batch_shape(noise_shape, window_hw, n_windows if mad else self.batch_size, n_windows)
         logging.debug("%s: memory estimate for a window batch %s instead of the canvas %s", self.spec.node, shape,
                       list(noise_shape))

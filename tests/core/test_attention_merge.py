@@ -1,4 +1,5 @@
 """core/attention_merge.py: MAD merge/split indexing, merged self/cross attention, τ schedule."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -20,10 +21,12 @@ from vista.core.attention_merge import (
     merge_tokens,
     merged_cross_attention,
     merged_self_attention,
+    query_chunk,
     split_tokens,
     token_index,
     window_token_index,
 )
+from peak_bytes import PeakBytes
 from vista.core.checks import VistaInputError
 from vista.core.windows import Window, crop_windows, plan_windows
 
@@ -416,3 +419,214 @@ class TestMadAttentionPatch:
         with NoSyncMode():
             patch(q, k, v, extra)
         assert extra[MAD_LAYOUT_KEY].cache == cached
+
+
+# --- Issue [F] 2: the memory-lean merge/split, query chunks, poll ------------------------------------------------
+
+
+def old_merge_tokens(tokens, idx, batch=1):
+    """The merge before issue [F] 2 (one float32 copy of the whole reordered window batch), kept as the reference."""
+    acc = torch.promote_types(tokens.dtype, torch.float32)
+    grouped = rearrange(tokens, "(k n b) t c -> (k b) (n t) c", n=idx.n_windows, b=batch).to(acc)
+    canvas = grouped.new_zeros(grouped.shape[0], idx.grid[0] * idx.grid[1], grouped.shape[-1])
+    canvas.index_add_(1, idx.index, grouped)
+    return (canvas / idx.count.to(acc)).to(tokens.dtype)
+
+
+def old_split_tokens(canvas_tokens, idx, batch=1):
+    """The split before issue [F] 2 (a gather, then a reordering copy when B > 1)."""
+    return rearrange(canvas_tokens[:, idx.index], "(k b) (n t) c -> (k n b) t c", n=idx.n_windows, b=batch)
+
+
+def old_self_attention(q, k, v, idx, batch, attention):
+    return old_split_tokens(attention(*(old_merge_tokens(t, idx, batch) for t in (q, k, v))), idx, batch)
+
+
+def math_attention(heads):
+    """Attention that materialises its scores (softmax(q kᵀ/√d) v), like a host without a memory-efficient kernel."""
+
+    def attention(q, k, v):
+        q, k, v = (rearrange(t, "b t (h d) -> b h t d", h=heads) for t in (q, k, v))
+        scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+        return rearrange(scores.softmax(-1) @ v, "b h t d -> b t (h d)")
+
+    return attention
+
+
+def peak_bytes(fn):
+    """Peak bytes allocated (and alive at once) while ``fn()`` runs; its result is dropped."""
+    tracker = PeakBytes()
+    with tracker:
+        out = fn()
+    del out
+    return tracker.peak
+
+
+DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
+
+
+class TestEquivalenceToTheOldMerge:
+    """The memory-lean merge and split compute exactly what the previous implementation computed (CPU)."""
+
+    @settings(max_examples=60, deadline=None)
+    @given(aligned_plans(), st.integers(1, 3), st.integers(1, 2), st.sampled_from(DTYPES))
+    def test_merge_bitwise(self, plan, batch, chunks, dtype):
+        windows, canvas_hw, s = plan
+        idx = idx_of(windows, canvas_hw, (windows[0].h // s, windows[0].w // s))
+        tokens = torch.randn(chunks * len(windows) * batch, idx.n_tokens, 3).to(dtype)
+        torch.testing.assert_close(merge_tokens(tokens, idx, batch), old_merge_tokens(tokens, idx, batch), rtol=0, atol=0)
+
+    @settings(max_examples=60, deadline=None)
+    @given(aligned_plans(), st.integers(1, 3), st.integers(1, 2))
+    def test_split_bitwise(self, plan, batch, chunks):
+        windows, canvas_hw, s = plan
+        idx = idx_of(windows, canvas_hw, (windows[0].h // s, windows[0].w // s))
+        canvas = torch.randn(chunks * batch, idx.grid[0] * idx.grid[1], 3)
+        assert torch.equal(split_tokens(canvas, idx, batch), old_split_tokens(canvas, idx, batch))
+
+    @pytest.mark.parametrize("batch, chunks", [(1, 1), (2, 1), (1, 2), (3, 2)])
+    def test_self_and_cross_attention(self, batch, chunks):
+        windows = plan_windows(12, 40, 8, 8, 4, 4, wrap_x=True, align=2)
+        idx = idx_of(windows, (12, 40), (4, 4))
+        n = len(windows) * batch * chunks
+        q, k, v = torch.randn(3, n, 16, 8, dtype=torch.float64)
+        attention = make_attention(2)
+        torch.testing.assert_close(merged_self_attention(q, k, v, idx, batch, attention),
+                                   old_self_attention(q, k, v, idx, batch, attention))
+        prompt_k, prompt_v = (torch.randn(chunks * batch, 5, 8, dtype=torch.float64) for _ in range(2))  # per (k, b)
+        kc, vc = (rearrange(t.view(chunks, 1, batch, 5, 8).expand(chunks, len(windows), batch, 5, 8), "k n b l c -> (k n b) l c")
+                  for t in (prompt_k, prompt_v))
+        old = old_split_tokens(attention(old_merge_tokens(q, idx, batch), prompt_k, prompt_v), idx, batch)
+        torch.testing.assert_close(merged_cross_attention(q, kc, vc, idx, batch, attention), old)
+
+
+class TestQueryChunk:
+    @settings(max_examples=80, deadline=None)
+    @given(aligned_plans())
+    def test_scores_within_the_windowed_bound(self, plan):
+        """chunk x canvas tokens <= N x T x T (the windowed attention's scores), and a chunk holds >= one window."""
+        windows, canvas_hw, s = plan
+        idx = idx_of(windows, canvas_hw, (windows[0].h // s, windows[0].w // s))
+        chunk, n_canvas = query_chunk(idx), idx.grid[0] * idx.grid[1]
+        assert chunk >= idx.n_tokens
+        assert chunk * n_canvas <= idx.n_windows * idx.n_tokens ** 2
+
+    def test_one_window_one_chunk(self):
+        assert query_chunk(idx_of((Window(0, 0, 6, 10),), (6, 10), (6, 10))) == 60
+
+    def test_paper_geometry_takes_few_chunks(self):
+        """SD1.5, 512x3072 px at stride 128 px (MAD §5), level 0: 2 attention calls, not one per window (21)."""
+        idx = idx_of(plan_windows(64, 384, 64, 64, 16, 16), (64, 384), (64, 64))
+        assert query_chunk(idx) == 21 * 4096 ** 2 // (64 * 384) == 14336
+
+
+class TestChunkedSelfAttention:
+    windows = plan_windows(8, 64, 2, 2, 2, 2)  # 128 disjoint windows of 4 tokens: 512 canvas tokens, chunks of 4 queries
+
+    def test_equals_one_call_and_polls_between_chunks(self):
+        idx = idx_of(self.windows, (8, 64), (2, 2))
+        q, k, v = torch.randn(3, 2 * len(self.windows), 4, 8, dtype=torch.float64)
+        polls = []
+        out = merged_self_attention(q, k, v, idx, 2, make_attention(2), poll=lambda: polls.append(1))
+        torch.testing.assert_close(out, old_self_attention(q, k, v, idx, 2, make_attention(2)))
+        assert len(polls) == 512 // query_chunk(idx) - 1 == 127
+
+    def test_poll_raising_stops_between_chunks(self):
+        idx = idx_of(self.windows, (8, 64), (2, 2))
+        q = torch.randn(len(self.windows), 4, 8)
+        calls = []
+
+        def attention(q, k, v):
+            calls.append(q.shape[1])
+            return make_attention(2)(q, k, v)
+
+        def poll():
+            raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            merged_self_attention(q, q, q, idx, 1, attention, poll=poll)
+        assert calls == [query_chunk(idx)]
+
+
+class TestMemory:
+    """Peak allocation of a merged attention call vs the host-style attention over the same window tokens."""
+
+    @pytest.mark.parametrize("dtype, batch, chunks, scale", [(torch.float32, 1, 2, 2), (torch.float32, 2, 1, 2),
+                                                             (torch.bfloat16, 1, 2, 2), (torch.float32, 1, 2, 1)])
+    def test_self_attention_within_windowed_attention_plus_four_canvas_buffers(self, dtype, batch, chunks, scale):
+        """SDPA (memory-efficient): merged <= windowed + 4 float32 canvas buffers (q, k, v, output) + the split
+        index; the old merge needed a float32 copy of the whole (reordered) window batch on top."""
+        canvas, window = (32, 64), 16
+        windows = plan_windows(*canvas, window, window, 4, 4, align=scale)
+        t = (window // scale) ** 2
+        idx = idx_of(windows, canvas, (window // scale, window // scale))
+        q, k, v = (torch.randn(chunks * len(windows) * batch, t, 64).to(dtype) for _ in range(3))
+        attention = make_attention(4)
+        windowed = peak_bytes(lambda: attention(q, k, v))
+        groups, n_canvas = chunks * batch, idx.grid[0] * idx.grid[1]
+        bound = windowed + 4 * groups * n_canvas * 64 * 4 + q.shape[0] * t * 8
+        merged = peak_bytes(lambda: merged_self_attention(q, k, v, idx, batch, attention))
+        assert merged <= bound, (merged, bound)
+        if batch > 1 or dtype != torch.float32:  # the old merge's float32 window-batch copy is over the bound
+            assert peak_bytes(lambda: old_self_attention(q, k, v, idx, batch, attention)) > bound
+
+    def test_materialised_scores_stay_within_the_windowed_bound(self):
+        """An attention that materialises its scores: 512 windows of 4 tokens. Over the 2048 canvas tokens at
+        once the scores would be 2048² per head (256x the windows' 512·4²); the query chunks keep them at the
+        windows' size."""
+        windows = plan_windows(16, 256, 2, 2, 2, 2)
+        idx = idx_of(windows, (16, 256), (2, 2))
+        q, k, v = torch.randn(3, len(windows), 4, 8)
+        attention = math_attention(2)
+        windowed = peak_bytes(lambda: attention(q, k, v))
+        bound = 2 * windowed + 4 * 2048 * 8 * 4 + len(windows) * 4 * 8
+        assert peak_bytes(lambda: merged_self_attention(q, k, v, idx, 1, attention)) <= bound
+        assert peak_bytes(lambda: old_self_attention(q, k, v, idx, 1, attention)) > 50 * bound
+
+    def test_cross_attention_reads_window_zero_without_copying_the_prompts(self):
+        """B > 1: the old code reordered every window's prompt copy before taking window 0's."""
+        windows = plan_windows(16, 64, 8, 8, 4, 4)
+        idx = idx_of(windows, (16, 64), (8, 8))
+        n = len(windows) * 3
+        q, kc, vc = torch.randn(n, 64, 32), torch.randn(n, 77, 32), torch.randn(n, 77, 32)
+        attention = make_attention(2)
+        windowed = peak_bytes(lambda: attention(q, kc, vc))
+        bound = windowed + 3 * 3 * 16 * 64 * 32 * 4 + n * 64 * 8
+        assert peak_bytes(lambda: merged_cross_attention(q, kc, vc, idx, 3, attention)) <= bound
+
+
+class TestPatchPoll:
+    windows = plan_windows(8, 24, 8, 8, 4, 4)
+
+    def extra(self, layout=True):
+        extra = {"n_heads": 2, "activations_shape": [len(self.windows), 8, 4, 4]}
+        if layout:
+            extra[MAD_LAYOUT_KEY] = MadLayout(self.windows, (8, 24))
+        return extra
+
+    @pytest.mark.parametrize("cross", [False, True])
+    def test_polled_per_merged_call_and_chunk_never_without_layout(self, cross):
+        polls = []
+        patch = mad_attention_patch(cross, fake_optimized_attention, poll=lambda: polls.append(1))
+        q = torch.randn(len(self.windows), 16, 8)
+        patch(q, q, q, self.extra(layout=False))
+        assert polls == []
+        patch(q, q, q, self.extra())
+        idx = idx_of(self.windows, (8, 24), (4, 4))
+        chunks = 1 if cross else -(-48 // query_chunk(idx))  # 48 canvas tokens in chunks of 26: polled between
+        assert len(polls) == chunks == (1 if cross else 2)
+
+    def test_poll_raising_stops_before_the_attention(self):
+        calls = []
+
+        def attention(q, k, v, heads, attn_precision=None, transformer_options=None):
+            calls.append(1)
+            return q
+
+        def poll():
+            raise KeyboardInterrupt
+
+        q = torch.randn(len(self.windows), 16, 8)
+        with pytest.raises(KeyboardInterrupt):
+            mad_attention_patch(False, attention, poll=poll)(q, q, q, self.extra())
+        assert calls == []

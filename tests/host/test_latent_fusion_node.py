@@ -288,3 +288,18 @@ class TestProgress:
         finally:
             comfy.utils.set_progress_bar_global_hook(None)
         assert reports == [(1, 6), (2, 6), (4, 6), (5, 6)]
+
+
+class TestCanvasBudget:
+    def test_huge_mad_canvas_refused_before_sampling(self, host):
+        """Issue [F] 2 on the latent route: 16384² px with MAD is refused with the estimate before any model call."""
+        comfy, node, _, model, pos, neg = host
+        calls = []
+        watched = mad_model(model, 0.3)
+        watched.set_model_unet_function_wrapper(lambda apply_model, args: calls.append(1) or apply_model(
+            args["input"], args["timestep"], **args["c"]))
+        sampler = fusion_sampler(node, window_width=512, window_height=512)
+        with pytest.raises(ValueError, match=r"^Vista Latent Fusion Sampler: a 16384x16384 px .* 15,625 windows per step"
+                                             r".* Refused before the model runs; MAD needs every window"):
+            sample_custom(comfy, watched, sampler, pos, neg, 2048, 2048, steps=1)
+        assert calls == []

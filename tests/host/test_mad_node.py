@@ -1,8 +1,11 @@
 """Node tier: Vista MAD Attention with Vista Tiled Diffusion inside the real host (COMFYUI_PATH)."""
+import logging
+
 import pytest
 import torch
 
-from host import encode, import_host, load_checkpoint
+from host import deep_unet_model, encode, import_host, load_checkpoint, tiny_flux
+from peak_bytes import PeakBytes
 
 
 @pytest.fixture(scope="module")
@@ -60,3 +63,127 @@ class TestMADNode:
         _, _, mad_node, model, *_ = host
         with pytest.raises(ValueError, match="no SpatialTransformer"):
             mad_node.execute(model, tau=0.3, input_blocks=False, middle_block=False, output_blocks=False)
+
+    def test_huge_canvas_refused_before_the_network_runs(self, host):
+        """Issue [F] 2: 16384² px through Tiled Diffusion + MAD used to die in the first convolution ("can't allocate
+        81920000000 bytes"); now Tiled Diffusion's canvas budget (its PREPARE_SAMPLING wrapper) refuses it with the
+        estimate before the model is loaded or any UNet block runs (MAD's own per-call check is the fallback)."""
+        comfy, tiled_node, mad_node, model, pos, neg = host
+        patched = mad(mad_node, tiled(tiled_node, model, 512, 128), 0.3).clone()
+        blocks = []
+        patched.set_model_input_block_patch(lambda h, options: blocks.append(1) or h)
+        message = (r"^Vista Tiled Diffusion: a 16384x16384 px \(2048x2048 latent px\) canvas with 512x512 px \(64x64 latent px\) "
+                   r"windows at stride 128x128 px \(16x16 latent px\), batch 1: 15,625 windows per step \(31,250 window "
+                   r"evaluations with CFG\); one model call of 15,625 windows needs an estimated [\d,.]+ GB .* but only "
+                   r"[\d,.]+ GB is free on cpu\. Refused before the model runs; .*raise stride_x/stride_y")
+        with pytest.raises(ValueError, match=message):
+            sample(comfy, patched, pos, neg, 2048, 2048)
+        assert blocks == []
+
+    @pytest.mark.parametrize("tau", [1.0, 0.0])
+    def test_interrupt_stops_within_one_layer(self, host, tau):
+        """The interrupt flag, set after the first attention layer, stops a merged call at the next layer (attn2 of
+        the same block). Without MAD, v0.3.64 runs on to the next window batch (the whole network first); v0.33.0
+        checks the flag before every Linear/Conv op itself (comfy.ops.run_every_op), so both stop at once there."""
+        comfy, tiled_node, mad_node, model, pos, neg = host
+        import comfy.model_management as mm
+        import comfy.ops
+
+        patched = mad(mad_node, tiled(tiled_node, model, 256, 128), tau).clone()
+        layers = []
+
+        def interrupt(n, extra_options):
+            layers.append(extra_options["block"])
+            mm.interrupt_current_processing(True)
+            return n
+
+        patched.set_model_attn1_output_patch(interrupt)
+        try:
+            with pytest.raises(mm.InterruptProcessingException):
+                sample(comfy, patched, pos, neg, 32, 64)
+        finally:
+            mm.interrupt_current_processing(False)
+        host_checks_every_op = hasattr(comfy.ops, "run_every_op")
+        assert (len(layers) == 1) if tau or host_checks_every_op else (len(layers) > 1), layers
+
+
+def comfy_attention():
+    import comfy.ldm.modules.attention
+
+    return comfy.ldm.modules.attention
+
+
+class TestCanvasBudget:
+    """nodes/budget.py against the real host: UNet levels, the estimate vs measured activations, refuse/warn."""
+
+    def test_unet_geometry(self, host):
+        from vista.core.budget import UNetGeometry
+        from vista.nodes.budget import unet_geometry
+
+        _, _, _, model, *_ = host
+        assert unet_geometry(model.get_model_object("diffusion_model")) == UNetGeometry(320, (1, 1), (1, 1), (False, True), 8)
+        deep = deep_unet_model().get_model_object("diffusion_model")
+        assert unet_geometry(deep) == UNetGeometry(32, (1, 1, 1, 1), (1, 1, 1, 1), (False, False, True, True), 8)
+        first = next(m for m in deep.modules() if isinstance(m, comfy_attention().SpatialTransformer))
+        assert first.transformer_blocks[0].attn1.heads == 8  # the host's SD15 config sets 8 heads
+
+    def test_estimate_matches_the_measured_window_activations(self, host):
+        """Per extra window in one model call, the estimate is within -10 %…+20 % of the live-tensor peak measured
+        on the host's network (4 vs 8 disjoint 256 px windows in one call, one conditioning)."""
+        from vista.core.budget import unet_window_elements
+        from vista.nodes.budget import unet_geometry
+
+        comfy, tiled_node, _, model, pos, neg = host
+        patched = tiled_node.execute(model, window_width=256, window_height=256, stride_x=256, stride_y=256,
+                                     weight_mode="uniform", wrap_x=False, window_batch_size=8).result[0]
+        peaks = {}
+        for n in (4, 8):
+            latent = torch.zeros(1, 4, 32, 32 * n)
+            noise = comfy.sample.prepare_noise(latent, 0)
+            tracker = PeakBytes()
+            with tracker:
+                comfy.sample.sample(patched, noise, 1, 1.0, "euler", "normal", pos, neg, latent, disable_pbar=True, seed=0)
+            peaks[n] = tracker.peak
+        measured = (peaks[8] - peaks[4]) / 4
+        estimate = unet_window_elements(unet_geometry(model.get_model_object("diffusion_model")), (32, 32)) * 4
+        assert 0.9 * measured <= estimate <= 1.2 * measured, (estimate, measured)
+
+    def check(self, model, size, mad_active, batch=4):
+        from vista.core.windows import plan_windows
+        from vista.nodes.budget import check_canvas_budget
+
+        windows = plan_windows(size, size, 64, 64, 16, 16)
+        check_canvas_budget("Vista Tiled Diffusion", model, (size, size), len(windows), batch, mad_active, None,
+                            window_hw_latent=(64, 64), stride_hw_latent=(16, 16), factor=8)
+
+    def test_refuses_a_huge_mad_canvas(self, host):
+        _, _, _, model, *_ = host
+        with pytest.raises(ValueError, match=r"^Vista Tiled Diffusion: a 16384x16384 px .* 15,625 windows per step .*"
+                                             r"\+ [\d,.]+ GB for MAD's merged attention\), but only [\d,.]+ GB is free"):
+            self.check(model, 2048, True)
+
+    def test_warns_about_a_huge_canvas_without_mad(self, host, caplog):
+        """Possible (4 windows per call) but 15,625 windows per step: a warning with the numbers, no refusal."""
+        _, _, _, model, *_ = host
+        with caplog.at_level(logging.WARNING):
+            self.check(model, 2048, False)
+        assert any("15,625 windows per step (31,250 window evaluations per step with CFG" in r.getMessage()
+                   for r in caplog.records)
+
+    def test_small_canvas_is_silent(self, host, caplog):
+        _, _, _, model, *_ = host
+        with caplog.at_level(logging.WARNING):
+            self.check(model, 128, True)
+        assert not [r for r in caplog.records if "Vista" in r.getMessage()]
+
+    def test_dit_counts_with_the_host_estimate(self, host, caplog):
+        """No UNet levels on a DiT: the window batch is counted with the host's own memory_required (Flux, 4 windows
+        of 64x64 latent px per call fit); the 15,625 windows per step still warn."""
+        from vista.nodes.budget import check_canvas_budget, unet_geometry
+
+        flux, _ = tiny_flux()
+        assert unet_geometry(flux.get_model_object("diffusion_model")) is None
+        with caplog.at_level(logging.WARNING):
+            check_canvas_budget("Vista Tiled Diffusion", flux, (2048, 2048), 15_625, 4, False, torch.float32,
+                                window_hw_latent=(64, 64))
+        assert any("15,625 windows per step" in r.getMessage() for r in caplog.records)
