@@ -20,7 +20,9 @@ grep -vE '^(torch|torchvision|torchaudio)\s*$' "$host/requirements.txt" > "$cons
 "$py" -m pip install -q -c "$cons" -r "$cons.req"
 "$py" -m pip install -q -c "$cons" -r "$here/../requirements.txt" -r "$here/../tests/requirements.txt"
 # The browser tier (tests/browser) drives Debian's chromium through Playwright; never `playwright install`.
-"$py" -m pip install -q -c "$cons" playwright
+# requests: ComfyUI v0.3.64's server imports it at start (app/frontend_management.py) but its requirements.txt
+# does not list it.
+"$py" -m pip install -q -c "$cons" playwright requests
 rm -f "$cons" "$cons.req"
 site=$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 # PyPI's torchvision is a CUDA build: guard the register_fake decorators of its meta registrations.
