@@ -18,6 +18,7 @@ each one fails on a missing piece. The host-free tests at the end (packaging fil
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import copy
 import importlib.util
 import json
@@ -131,7 +132,10 @@ def infos() -> list[dict]:
     import_host()
     from vista.nodes import VistaExtension
 
-    return [cls.GET_NODE_INFO_V1() for cls in asyncio.run(VistaExtension().get_node_list())]
+    # In a thread of its own: the browser tier's Playwright (sync API) may hold a running event loop in this one.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        nodes = pool.submit(asyncio.run, VistaExtension().get_node_list()).result()
+    return [cls.GET_NODE_INFO_V1() for cls in nodes]
 
 
 def page_text(node_id: str) -> str | None:
