@@ -96,11 +96,7 @@ def import_host(host: Path):
 
 def load_checkpoint(comfy, host: Path, ckpt: Path | None):
     """(model_patcher, clip, name) of ``ckpt``, or of the test checkpoint when ``ckpt`` is None."""
-    if ckpt is None:
-        cache = Path(os.environ.get("VISTA_TEST_CACHE", Path.home() / ".cache" / "vista-tests"))
-        ckpt = _tool().make_checkpoint(cache, host)
-    elif not ckpt.is_file():
-        raise SystemExit(f"--ckpt {ckpt}: no such file")
+    ckpt = checkpoint_path(host, ckpt)
     model, clip, _, _ = comfy.sd.load_checkpoint_guess_config(str(ckpt), output_vae=False, output_clip=True)
     if clip is None:
         raise SystemExit(f"--ckpt {ckpt}: the file holds no text encoder; pass a full checkpoint (UNet + CLIP)")

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import weakref
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -40,34 +39,9 @@ MIB = 2 ** 20
 
 
 def peak_counter():
-    """A TorchDispatchMode counting the peak bytes of storages allocated inside it and alive at once."""
-    import torch
-    from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils._pytree import tree_leaves
-
-    class PeakBytes(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.live = self.peak = 0
-            self.alive = set()
-
-        def _freed(self, key, nbytes):
-            self.alive.discard(key)
-            self.live -= nbytes
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            inputs = {id(t.untyped_storage()) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
-            out = func(*args, **(kwargs or {}))
-            for t in tree_leaves(out):
-                if isinstance(t, torch.Tensor) and id(t.untyped_storage()) not in inputs | self.alive:
-                    storage = t.untyped_storage()
-                    self.alive.add(id(storage))
-                    self.live += storage.nbytes()
-                    weakref.finalize(storage, self._freed, id(storage), storage.nbytes())
-                    self.peak = max(self.peak, self.live)
-            return out
-
-    return PeakBytes()
+    """A TorchDispatchMode counting the peak bytes of storages allocated inside it and alive at once (the same
+    counter as the memory tests': tests/support/peak_bytes.py)."""
+    return bench.load_module("vista_peak_bytes", bench.ROOT / "tests" / "support" / "peak_bytes.py").PeakBytes()
 
 
 def measure(label: str, fn, extra: str = "") -> float:

@@ -24,7 +24,6 @@ pictures), 4 levels of 256 px, 3 steps — about a minute on 2 CPU cores. ``--si
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import statistics
 import sys
@@ -39,9 +38,7 @@ PROMPTS = ["a spiral galaxy", "a solar system", "a blue planet", "a coastal city
 
 def load(comfy, host: Path, ckpt: Path | None):
     """(model, clip, vae) of ``ckpt`` or of the test checkpoint (built into ``$VISTA_TEST_CACHE``)."""
-    if ckpt is None:
-        tool = bench.load_module("vista_make_test_checkpoint", bench.ROOT / "tools" / "make_test_checkpoint.py")
-        ckpt = tool.make_checkpoint(Path(os.environ.get("VISTA_TEST_CACHE", Path.home() / ".cache" / "vista-tests")), host)
+    ckpt = bench.checkpoint_path(host, ckpt)
     model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(ckpt), output_vae=True, output_clip=True)
     return model, clip, vae
 
