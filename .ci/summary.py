@@ -2,7 +2,8 @@
 
 Usage: python .ci/summary.py [--host-skips-fail] LABEL=REPORT.xml [LABEL=REPORT.xml ...]
 
-Tiers by test path: tests/core -> core, tests/host/test_e2e_* -> e2e, tests/browser -> browser, other tests/host -> node.
+Tiers by test path: tests/core -> core, tests/browser -> browser, the server tests of tests/host (SERVER_TESTS) -> e2e,
+other tests/host -> node.
 With --host-skips-fail a skipped node, e2e or browser test is a failure (CI has the hosts: a skip is not a pass).
 """
 from __future__ import annotations
@@ -12,13 +13,16 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 
 
+SERVER_TESTS = ("test_e2e", "test_bad_inputs", "test_interrupt", "test_run_workflow", "test_coherence_bench")
+
+
 def tier(case: ET.Element) -> str:
     name = (case.get("classname") or "") + "." + (case.get("file") or "")
     if "tests.core" in name or "tests/core" in name:
         return "core"
     if "tests.browser" in name or "tests/browser" in name:
         return "browser"
-    return "e2e" if "test_e2e" in name else "node"
+    return "e2e" if any(t in name for t in SERVER_TESTS) else "node"
 
 
 def outcome(case: ET.Element) -> str:

@@ -105,6 +105,33 @@ def check_image_latent(node: str, name: str, x) -> None:
                          f"{shape}; video and audio latents are not supported")
 
 
+def check_latent_values(node: str, name: str, x: torch.Tensor, model_patcher) -> None:
+    """The user's latent must fit the model and hold numbers: ``C`` = the model's latent channels, all finite.
+
+    Call it once per run, before the first model call (one reduction and one host sync). ComfyUI has already given
+    an all-zero (empty) latent the model's channel count (``comfy.sample.fix_empty_latent_channels``), so a
+    mismatch here is a latent with content from another model family; NaN/Inf would silently turn the whole
+    canvas into NaN through the fusion.
+    """
+    channels = getattr(model_patcher.get_model_object("latent_format"), "latent_channels", None)
+    if channels is not None and x.shape[1] != channels:
+        raise ValueError(f"{node}: {name} has {x.shape[1]} channels but this model's latents have {channels}; "
+                         f"encode the image with this model's VAE (or start from an Empty Latent Image) — a latent "
+                         f"made for another model family cannot be sampled here")
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        nan = int(torch.isnan(x).sum())
+        parts = [f"{n} {what}" for n, what in ((nan, "NaN"), (int((~finite).sum()) - nan, "Inf")) if n]
+        raise ValueError(f"{node}: {name} holds {' and '.join(parts)} values of {x.numel()}; every value must be "
+                         f"finite — check the nodes that made it (e.g. a LatentMultiply chain or a corrupt .latent file)")
+
+
+def check_option(node: str, name: str, value: str, options) -> None:
+    """A COMBO value must be one of ``options`` (v0.3.64 does not check V3 combo values at /prompt)."""
+    if value not in options:
+        raise ValueError(f"{node}: {name}={value!r} is not one of {', '.join(map(repr, options))}")
+
+
 def unet_alignment(model) -> int:
     """2^(levels-1): the latent grid every UNet block lines up with (8 for SD1.5, 1 if unknown)."""
     channel_mult = getattr(model.get_model_object("diffusion_model"), "channel_mult", None)
@@ -185,6 +212,10 @@ class WindowSpec:
         except VistaInputError as e:
             raise core_error(self.node, e) from e
 
+    def latent_stride(self, window_hw: tuple[int, int]) -> tuple[int, int]:
+        """The strides ``(y, x)`` in latent px for windows of ``window_hw`` latent px (clamped to the window)."""
+        return min(self.stride_y // self.factor, window_hw[0]), min(self.stride_x // self.factor, window_hw[1])
+
     def notices(self, height: int, width: int, align: int = 1, reason: str = "") -> list[str]:
         """Warnings for this canvas: windows clamped to the canvas, strides snapped to the ``align`` grid."""
         f, out = self.factor, []
@@ -226,7 +257,10 @@ class PlanCache:
             for message in self.spec.notices(*canvas_hw, align, reason):
                 warn_user(self.spec.node, message)
             windows = self.spec.plan(*canvas_hw, align)
-            weights = window_weights(windows, self.weight_mode, device=device)
+            try:
+                weights = window_weights(windows, self.weight_mode, device=device)
+            except VistaInputError as e:
+                raise core_error(self.spec.node, e) from e
             self.plans[key] = CanvasPlan(windows, weights, MadLayout(windows, tuple(canvas_hw), self.spec.wrap_x))
         return self.plans[key]
 

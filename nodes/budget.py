@@ -64,6 +64,11 @@ def _px(hw, factor: int | None) -> str:
     return f"{w * factor}x{h * factor} px ({latent})" if factor else latent
 
 
+def _windows(n: int) -> str:
+    """``"1 window"``, ``"1,089 windows"``."""
+    return f"{n:,} window" + ("" if n == 1 else "s")
+
+
 def _gb(n: int) -> str:
     return f"{n / GIB:,.1f} GB"
 
@@ -81,8 +86,8 @@ def refusal(node: str, budget: CanvasBudget, run: str, free: int, device, mad: b
               "(fewer windows) or use larger windows, or drop Vista MAD Attention (or set tau 0) so that "
               "window_batch_size windows go per call" if mad else
               "lower window_batch_size, the window size or the canvas size")
-    return (f"{node}: {run}: {budget.windows_per_step:,} windows per step ({budget.evaluations_per_step:,} window "
-            f"evaluations with CFG); one model call of {budget.windows_per_call:,} windows needs an estimated "
+    return (f"{node}: {run}: {_windows(budget.windows_per_step)} per step ({budget.evaluations_per_step:,} window "
+            f"evaluations with CFG); one model call of {_windows(budget.windows_per_call)} needs an estimated "
             f"{_gb(budget.total_bytes)} ({_gb(budget.activation_bytes)} of window activations{merged}), but only "
             f"{_gb(free)} is free on {device}. Refused before the model runs; {change}")
 
@@ -91,11 +96,11 @@ def warnings_for(node: str, budget: CanvasBudget, run: str, free: int, device) -
     """Warnings for a run that fits: too many windows per step, or memory close to the limit."""
     out = []
     if budget.expensive:
-        out.append(f"{node}: {run}: {budget.windows_per_step:,} windows per step ({budget.evaluations_per_step:,} "
+        out.append(f"{node}: {run}: {_windows(budget.windows_per_step)} per step ({budget.evaluations_per_step:,} "
                    f"window evaluations per step with CFG, each step about {budget.windows_per_step:,}x the cost of one "
                    f"window's step); raise stride_x/stride_y or lower the canvas size if that is not intended")
     if budget.tight(free):
-        out.append(f"{node}: {run}: one model call of {budget.windows_per_call:,} windows needs an estimated "
+        out.append(f"{node}: {run}: one model call of {_windows(budget.windows_per_call)} needs an estimated "
                    f"{_gb(budget.total_bytes)} of the {_gb(free)} free on {device}; it may run out of memory")
     return out
 

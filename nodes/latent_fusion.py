@@ -12,9 +12,11 @@ from ..core.checks import VistaInputError
 from ..core.latent_fusion import sample_latent_fusion
 from ..core.micro_conditioning import window_size_conditioning
 from ..core.multidiffusion import chunks
-from ._common import (CanvasPlan, PlanCache, WindowSpec, check_image_latent, check_patch_grid, check_pixels, check_strides,
-                      core_error, latent_factor, mad_tau, size_conditioning_input, step_form, takes_size_conditioning,
-                      WindowBatchProgress, unet_alignment, window_inputs, with_layout)
+from ..core.windows import WEIGHT_MODES
+from ._common import (CanvasPlan, PlanCache, WindowSpec, check_image_latent, check_latent_values, check_option,
+                      check_patch_grid, check_pixels, check_strides, core_error, latent_factor, mad_tau,
+                      size_conditioning_input, step_form, takes_size_conditioning, WindowBatchProgress, unet_alignment,
+                      window_inputs, with_layout)
 from .budget import check_canvas_budget
 from .guidance import GuidanceType, GuidedRun, log_memory
 
@@ -162,8 +164,7 @@ class LatentFusionSampler(comfy.samplers.Sampler):
         """The run's core guidance and the weight copies it holds (``(None, [])`` without guidance)."""
         if self.guidance is None:
             return None, []
-        f = spec.factor
-        stride_hw = (min(spec.stride_y // f, plan.windows[0].h), min(spec.stride_x // f, plan.windows[0].w))
+        stride_hw = spec.latent_stride((plan.windows[0].h, plan.windows[0].w))
         run = GuidedRun(model_wrap, extra_args["model_options"], extra_args.get("seed"), plan, canvas_hw, stride_hw,
                         spec.wrap_x, self.weight_mode, self.batch_size)
         guidance, copies = self.guidance.build(run)
@@ -178,14 +179,17 @@ class LatentFusionSampler(comfy.samplers.Sampler):
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None, disable_pbar=False):
         check_image_latent(NODE, "latent_image", noise)
+        if latent_image is not None:
+            check_latent_values(NODE, "latent_image", latent_image, model_wrap.model_patcher)
         reject_unsupported(model_wrap, denoise_mask)
         tau = mad_tau(extra_args["model_options"].get("transformer_options", {}))
         spec, canvas_hw = self.window_spec(model_wrap.model_patcher), tuple(noise.shape[-2:])
         align, reason = self.alignment(model_wrap.model_patcher, tau)
         plan = PlanCache(spec, self.weight_mode).get(canvas_hw, align, noise.device, reason)
         check_canvas_budget(NODE, model_wrap.model_patcher, canvas_hw, len(plan.windows), self.batch_size, tau is not None,
-                            window_hw_latent=(plan.windows[0].h, plan.windows[0].w), samples=noise.shape[0],
-                            factor=spec.factor)
+                            window_hw_latent=(plan.windows[0].h, plan.windows[0].w),
+                            stride_hw_latent=spec.latent_stride((plan.windows[0].h, plan.windows[0].w)),
+                            samples=noise.shape[0], factor=spec.factor)
         guidance, copies = self.guided(model_wrap, extra_args, plan, spec, canvas_hw)
         progress = WindowBatchProgress()
         options = {"windows": plan.windows, "weights": plan.weights, "batch_size": self.batch_size, "guidance": guidance,
@@ -255,6 +259,7 @@ class VistaLatentFusionSampler(io.ComfyNode):
     def execute(cls, window_width: int, window_height: int, stride_x: int, stride_y: int, weight_mode: str,
                 wrap_x: bool, window_batch_size: int, eta: float, s_noise: float, variance_corrected: bool,
                 guidance=None, window_size_conditioning: bool = True) -> io.NodeOutput:
+        check_option(NODE, "weight_mode", weight_mode, WEIGHT_MODES)
         spec = {"window_width": window_width, "window_height": window_height, "stride_x": stride_x,
                 "stride_y": stride_y, "wrap_x": wrap_x}
         return io.NodeOutput(LatentFusionSampler(spec, weight_mode, window_batch_size, eta, s_noise, variance_corrected,

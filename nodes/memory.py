@@ -50,9 +50,9 @@ class WindowBatchReservation:
         n_windows = len(self.spec.plan(height, width))
         options = kwargs.get("model_options") or model.model_options
         mad = mad_tau(options.get("transformer_options", {})) is not None
-        stride_hw = (min(self.spec.stride_y // f, window_hw[0]), min(self.spec.stride_x // f, window_hw[1]))
         check_canvas_budget(self.spec.node, model, (height, width), n_windows, self.batch_size, mad,
-                            window_hw_latent=window_hw, stride_hw_latent=stride_hw, samples=noise_shape[0], factor=f)
+                            window_hw_latent=window_hw, stride_hw_latent=self.spec.latent_stride(window_hw),
+                            samples=noise_shape[0], factor=f)
         shape = window_batch_shape(noise_shape, window_hw, n_windows if mad else self.batch_size, n_windows)
         logging.debug("%s: memory estimate for a window batch %s instead of the canvas %s", self.spec.node, shape,
                       list(noise_shape))

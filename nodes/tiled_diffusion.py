@@ -10,10 +10,10 @@ from ..core.attention_merge import mad_active, mad_step_index
 from ..core.checks import VistaInputError
 from ..core.conditioning import window_call_kwargs
 from ..core.multidiffusion import multidiffusion_predict
-from ..core.windows import repeat_for_windows
-from ._common import (PlanCache, WindowSpec, check_image_latent, check_patch_grid, check_pixels, check_strides, core_error,
-                      WindowBatchProgress, latent_factor, mad_tau, size_conditioning_input, takes_size_conditioning,
-                      unet_alignment, window_inputs, with_layout)
+from ..core.windows import WEIGHT_MODES, repeat_for_windows
+from ._common import (PlanCache, WindowBatchProgress, WindowSpec, check_image_latent, check_latent_values, check_option,
+                      check_patch_grid, check_pixels, check_strides, core_error, latent_factor, mad_tau,
+                      size_conditioning_input, takes_size_conditioning, unet_alignment, window_inputs, with_layout)
 from .memory import WindowBatchReservation
 
 NODE = "Vista Tiled Diffusion"
@@ -69,6 +69,14 @@ class TiledDiffusionPatch:
             raise core_error(NODE, e) from e
 
 
+def check_sampled_latent(executor, noise, latent_image, *args, **kwargs):
+    """``OUTER_SAMPLE`` wrapper: the sampler's latent_image fits the model and is finite, checked once per run
+    before the model loads (``executor.class_obj`` is the guider, as in the host's own EasyCache wrapper)."""
+    check_image_latent(NODE, "latent_image", latent_image)
+    check_latent_values(NODE, "latent_image", latent_image, executor.class_obj.model_patcher)
+    return executor(noise, latent_image, *args, **kwargs)
+
+
 class VistaTiledDiffusion(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -100,6 +108,7 @@ class VistaTiledDiffusion(io.ComfyNode):
     @classmethod
     def execute(cls, model, window_width: int, window_height: int, stride_x: int, stride_y: int,
                 weight_mode: str, wrap_x: bool, window_batch_size: int, window_size_conditioning: bool = True) -> io.NodeOutput:
+        check_option(NODE, "weight_mode", weight_mode, WEIGHT_MODES)
         factor = latent_factor(model)
         check_pixels(NODE, factor, window_width=window_width, window_height=window_height, stride_x=stride_x, stride_y=stride_y)
         check_patch_grid(NODE, model, window_width=window_width, window_height=window_height)
@@ -111,4 +120,5 @@ class VistaTiledDiffusion(io.ComfyNode):
         model.set_model_unet_function_wrapper(patch)
         model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING, RESERVATION_KEY,
                                    WindowBatchReservation(spec, window_batch_size))
+        model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, RESERVATION_KEY, check_sampled_latent)
         return io.NodeOutput(model)

@@ -16,7 +16,7 @@ import torch
 
 from ..core.checks import VistaInputError
 from ..core.zoom import ZOOM_FACTORS, PhotoZoom, ZoomSettings, check_zoom_noise, sample_zoom_stack, zoom_noise
-from ._common import check_image_latent, core_error, latent_factor, step_form, throw_if_interrupted
+from ._common import check_image_latent, check_latent_values, core_error, latent_factor, step_form, throw_if_interrupted
 
 SAMPLER_NODE = "Vista Zoom Stack Sampler"
 NOISE_NODE = "Vista Zoom Noise"
@@ -89,11 +89,18 @@ class ZoomNoise:
         check_image_latent(NOISE_NODE, "the latent (SamplerCustomAdvanced latent_image)", samples)
         check_levels(NOISE_NODE, "the latent (SamplerCustomAdvanced latent_image)", samples.shape[0], self.settings,
                      LINK_LEVELS)
+        n, _, h, w = samples.shape
+        p = self.settings.p
+        if n > 1 and (h % (2 * p) or w % (2 * p)):
+            raise ValueError(f"{NOISE_NODE}: latent_image (SamplerCustomAdvanced) is {w}x{h} latent px; with "
+                             f"zoom_factor={p} its width and height must be multiples of 2·zoom_factor = {2 * p} latent "
+                             f"px (EmptyLatentImage width and height multiples of {16 * p} px on 8 px-per-latent-px "
+                             f"models such as SD1.5/SDXL)")
         generator = torch.Generator().manual_seed(self.seed)
         try:
-            return zoom_noise(tuple(samples.shape), self.settings.p, generator, dtype=samples.dtype)
+            return zoom_noise(tuple(samples.shape), p, generator, dtype=samples.dtype)
         except VistaInputError as e:
-            raise core_error(NOISE_NODE, f"{e}; use an image size divisible by 2·zoom_factor latent px") from e
+            raise core_error(NOISE_NODE, e) from e
 
 
 def prompt_counts(guider) -> dict[str, int]:
@@ -176,6 +183,8 @@ class ZoomStackSampler(comfy.samplers.Sampler):
         patcher = model_wrap.model_patcher
         factor = latent_factor(patcher)
         check_sampling_inputs(noise, self.settings, model_wrap, factor, denoise_mask)
+        if latent_image is not None:
+            check_latent_values(SAMPLER_NODE, "latent_image", latent_image, patcher)
         guidance = photo_zoom(model_wrap, self.photo, noise, factor, self.photo_settings)
         check_noise(noise, self.settings.p)
         options = {"p": self.settings.p, "eta": self.eta, "s_noise": self.s_noise, "photo_guidance": guidance,

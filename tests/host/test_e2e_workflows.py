@@ -8,6 +8,14 @@ Test-only overrides, for speed on 2 CPU cores: the ``steps`` of samplers/schedul
 checkpoint (the random-weight test checkpoint: the SD1.5 one, or the SDXL-family one for workflows
 named ``*sdxl*``). A LoadImage picture that the input folder lacks is generated (a deterministic
 gradient). Every other widget value is the workflow's own.
+
+Determinism (issue [F]): every queued workflow also runs twice at a quarter of its sizes (``shrunk``: canvas,
+windows, strides, photo scale and feathers ÷ 4 — the same nodes, widgets and seeds; the full-size pass above
+would double this tier's time), and the saved files (PNG, animated WEBP) must be byte-identical. ComfyUI would
+answer the second run from its node cache, so ``POST /free`` (``free_memory``: drop every cached node output;
+``unload_models`` false) comes first and the second run must report no cached node: every node, checkpoint
+loading included, runs again. The same prompt gives the same PNG metadata (it embeds the prompt), so the bytes
+are compared as they are (and the decoded pixels first, to say which differed).
 """
 from __future__ import annotations
 
@@ -75,6 +83,67 @@ def errors(entry: dict) -> list:
     return [m for m in entry.get("status", {}).get("messages", []) if m[0] == "execution_error"]
 
 
+def cached_nodes(entry: dict) -> list:
+    return [n for m in entry.get("status", {}).get("messages", []) if m[0] == "execution_cached"
+            for n in m[1].get("nodes", [])]
+
+
+def rerun_uncached(server, prompt: dict) -> dict:
+    """``prompt`` once more after ``POST /free``, with no node answered from ComfyUI's cache.
+
+    The server drops its caches when its worker next looks at its flags, after the prompt it may still be
+    finishing: a run queued meanwhile can be served from the old cache. It then looked at the flags right
+    after that run, so a run queued after it is computed anew.
+    """
+    status, body = server.request("POST", "/free", {"unload_models": False, "free_memory": True})
+    assert status == 200, body
+    entry = run(server, prompt)
+    if cached_nodes(entry):
+        entry = run(server, prompt)
+    assert not cached_nodes(entry), f"nodes {cached_nodes(entry)} answered from the cache after /free"
+    return entry
+
+
+def frames(path: Path) -> list[bytes]:
+    """Decoded RGBA pixels of every frame."""
+    with Image.open(path) as img:
+        out = []
+        for i in range(getattr(img, "n_frames", 1)):
+            img.seek(i)
+            out.append(img.convert("RGBA").tobytes())
+        return out
+
+
+def check_identical(server, first: dict, second: dict, outputs: dict) -> None:
+    """The two runs saved the same files: same count per output node, same pixels, same bytes."""
+    for node_id, node in outputs.items():
+        a, b = first["outputs"][node_id]["images"], second["outputs"][node_id]["images"]
+        assert len(a) == len(b), f"{node['class_type']} {node_id}: {len(a)} then {len(b)} files"
+        for x, y in zip(a, b):
+            fx, fy = server.output_file(x), server.output_file(y)
+            assert frames(fx) == frames(fy), f"{node['class_type']} {node_id}: {fx.name} and {fy.name} differ in pixels"
+            assert fx.read_bytes() == fy.read_bytes(), f"{node['class_type']} {node_id}: {fx.name} and {fy.name} differ"
+
+
+SIZE_INPUTS = {"EmptyLatentImage": ("width", "height"), "ImageScale": ("width", "height"),
+               "VistaTiledDiffusion": ("window_width", "window_height", "stride_x", "stride_y"),
+               "VistaLatentFusionSampler": ("window_width", "window_height", "stride_x", "stride_y"),
+               "VistaStyleAlignment": ("window_width", "window_height"),
+               "VistaZoomComposite": ("feather",), "VistaZoomVideo": ("feather",)}
+
+
+def shrunk(prompt: dict, k: int = 4) -> dict:
+    """The prompt with every size input of :data:`SIZE_INPUTS` divided by ``k`` (all relations between them kept)."""
+    prompt = copy.deepcopy(prompt)
+    for node in prompt.values():
+        for name in SIZE_INPUTS.get(node["class_type"], ()):
+            value = node["inputs"].get(name)
+            if isinstance(value, int):
+                assert value % k == 0 and (name == "feather" or value // k % 8 == 0), (node["class_type"], name, value)
+                node["inputs"][name] = value // k
+    return prompt
+
+
 def latent_size(prompt: dict) -> tuple[int, int, int]:
     """(width, height, batch) of the (single) EmptyLatentImage."""
     (latent,) = nodes_of(prompt, "EmptyLatentImage").values()
@@ -138,6 +207,23 @@ def test_workflow_runs(comfyui_server, path: Path, request):
         for image in images:
             check_image(comfyui_server.output_file(image), (width, height),
                         animated=node["class_type"] in ANIMATED_OUTPUTS)
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_deterministic(comfyui_server, path: Path, request):
+    """Same workflow (at a quarter of its sizes) and seed twice, nothing cached: byte-identical outputs."""
+    checkpoint = comfy_server.checkpoint_for(path)
+    if checkpoint == comfy_server.SDXL_CHECKPOINT:
+        request.getfixturevalue("sdxl_checkpoint")
+    prompt = shrunk(fast(ui_to_api(json.loads(path.read_text()), comfyui_server.object_info(), checkpoint)))
+    provide_inputs(prompt, comfyui_server.workdir / "input")
+    first = rerun_uncached(comfyui_server, prompt)
+    assert first["status"]["status_str"] == "success", f"{errors(first)}\n{comfyui_server.log_tail()}"
+    second = rerun_uncached(comfyui_server, prompt)
+    assert second["status"]["status_str"] == "success", f"{errors(second)}\n{comfyui_server.log_tail()}"
+    outputs = {k: v for k, v in prompt.items() if v["class_type"] in IMAGE_OUTPUTS + ANIMATED_OUTPUTS}
+    assert outputs and all(first["outputs"][k]["images"] for k in outputs), f"{path.name} saved nothing"
+    check_identical(comfyui_server, first, second, outputs)
 
 
 def _combo_options(spec) -> list | None:

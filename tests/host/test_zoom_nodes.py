@@ -150,7 +150,9 @@ class TestZoomNoise:
 
     def test_size_not_divisible(self, host):
         comfy, nodes, *_ = host
-        with pytest.raises(ValueError, match="Vista Zoom Noise: .*divisible by 2·p = 8"):
+        with pytest.raises(ValueError, match=r"Vista Zoom Noise: latent_image \(SamplerCustomAdvanced\) is 36x36 latent px; "
+                                             r"with zoom_factor=4 its width and height must be multiples of "
+                                             r"2·zoom_factor = 8 latent px"):
             zoom_noise(nodes, settings(nodes, "4", 2)).generate_noise({"samples": torch.zeros(2, 4, 36, 36)})
 
     def test_latent_batch_must_be_levels(self, host):
