@@ -289,6 +289,9 @@ def horizon_variance(image: torch.Tensor, **kwargs) -> torch.Tensor:
 def sky_colours(image: torch.Tensor, crop_width: int, band: int, sun_margin: int = 2) -> torch.Tensor:
     """Mean colour of the top ``band`` rows of every ``crop_width``-wide column block, sun pixels left out.
 
+    A crop whose whole band is bright (a generated sky that a model painted as bright as a sun) keeps all its
+    pixels: its colour is then that bright band, which :func:`sky_drift` counts as drift.
+
     Shape: ``(B, 3, H, N·crop_width)`` → ``(B, N, 3)``.
     """
     check_shape(image, ["B", "3", "H", "W"], "image")
@@ -296,8 +299,9 @@ def sky_colours(image: torch.Tensor, crop_width: int, band: int, sun_margin: int
     top = image[:, :, :band]
     keep = (~sun_mask(top, margin=sun_margin)).to(image.dtype)
     pixels = window_crops(keep, band, crop_width).sum(dim=(2, 3, 4))
-    check(bool((pixels > 0).all()), "a crop's whole sky band is sun pixels: lower band or sun_margin")
-    return window_crops(top * keep, band, crop_width).sum(dim=(3, 4)) / pixels[..., None]
+    masked = window_crops(top * keep, band, crop_width).sum(dim=(3, 4)) / pixels.clamp(min=1)[..., None]
+    plain = window_crops(top, band, crop_width).mean(dim=(3, 4))
+    return torch.where((pixels > 0)[..., None], masked, plain)
 
 
 def sky_drift(image: torch.Tensor, crop_width: int, band: int, **kwargs) -> torch.Tensor:

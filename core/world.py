@@ -22,6 +22,13 @@ Mountains are hazy (close to the sky colour) while the ground is not, so the sky
 dominant vertical colour edge of every column. All geometry scales with the scene height, so a scene
 rendered twice as tall is the same world seen through a 2× zoom (:func:`random_crops` ``zooms``).
 
+**The world's latent** (what the denoiser diffuses, its "VAE"): :func:`encode_latent` averages 4×4 pixel blocks,
+so a 64 px window is 3 × 16 × 16 — 4 image px per latent px, like SD's 8, and a latent whose every dimension carries
+image content. :func:`decode_latent` upsamples bilinearly: lossy in the top two octaves, as SD's VAE is lossy.
+(A lossless ``pixel_unshuffle`` latent, 48 × 16 × 16, or a 2×2-pooled 12-channel one, leaves channels that are
+nearly constant in the data — the sub-pixel differences; a small denoiser's errors there decode as colour
+checkerboards, which the first trained models showed from every noise level.)
+
 Convention: images are RGB in **[-1, 1]** (the LPIPS / VAE-decoded convention), ``(3, H, W)``;
 layout colours are in the same units; rows grow downwards; a pixel ``(y, x)`` has its centre at
 ``(y + 0.5, x + 0.5)``. Everything is drawn on the CPU from ``torch.Generator().manual_seed(seed)``
@@ -37,10 +44,14 @@ import torch.nn.functional as F
 
 from .checks import check
 
-__all__ = ["SCENE_CLASSES", "Palette", "PALETTES", "SKY_BAND", "render_scene", "crop_layout", "random_crops"]
+__all__ = ["SCENE_CLASSES", "Palette", "PALETTES", "SKY_BAND", "LATENT_CHANNELS", "LATENT_FACTOR", "render_scene",
+           "crop_layout", "random_crops", "encode_latent", "decode_latent"]
 
 #: The scene classes, indexed by ``class_id``: the denoiser's "prompts".
 SCENE_CLASSES = ("day", "dusk", "night")
+
+#: Channels of the world's latent, and image px per latent px (:func:`encode_latent`).
+LATENT_CHANNELS, LATENT_FACTOR = 3, 4
 
 #: Fraction of the height whose rows are always sky (no sun, no mountain): the sky-colour band.
 SKY_BAND = 0.1
@@ -290,3 +301,25 @@ def random_crops(seed: int, n: int, size: int, *, scene_windows: int = 6, zooms:
     meta = torch.tensor(rows[:n], dtype=torch.long)
     return {"images": torch.stack(images[:n]), "class_ids": meta[:, 0], "scene_seeds": meta[:, 1],
             "zooms": meta[:, 2], "offsets": meta[:, 3:5]}
+
+
+def encode_latent(image: torch.Tensor) -> torch.Tensor:
+    """The world's latent: the mean colour of every 4×4 pixel block.
+
+    Shape: ``(B, 3, H, W)`` in [-1, 1], ``H`` and ``W`` multiples of 4 → ``(B, 3, H/4, W/4)``.
+    """
+    check(image.ndim == 4 and image.shape[1] == 3 and image.shape[-2] % 4 == 0 and image.shape[-1] % 4 == 0,
+          f"image must be (B, 3, H, W) with H and W multiples of {LATENT_FACTOR}, got {tuple(image.shape)}")
+    return F.avg_pool2d(image, LATENT_FACTOR)
+
+
+def decode_latent(latent: torch.Tensor) -> torch.Tensor:
+    """Back to RGB: 4× bilinear upsampling (half-pixel centres, edges replicated); not clamped.
+
+    ``encode_latent(decode_latent(z))`` is ``z`` wherever ``z`` is linear across the neighbouring latent pixels.
+
+    Shape: ``(B, 3, h, w)`` → ``(B, 3, 4h, 4w)``.
+    """
+    check(latent.ndim == 4 and latent.shape[1] == LATENT_CHANNELS,
+          f"latent must be (B, {LATENT_CHANNELS}, h, w), got {tuple(latent.shape)}")
+    return F.interpolate(latent, scale_factor=LATENT_FACTOR, mode="bilinear", align_corners=False)

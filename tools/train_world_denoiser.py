@@ -1,16 +1,15 @@
-"""Train the small class-conditioned denoiser of Vista's coherence world (issue [G], bench/COHERENCE_PLAN.md).
+"""Train the small class-conditioned denoiser of Vista's coherence world (issue [G], bench/COHERENCE.md).
 
 The network is ComfyUI's own ``UNetModel`` (``comfy.ldm.modules.diffusionmodules.openaimodel``, imported from
 the host checkout, never copied), conditioned through cross-attention on 4 learned "prompt" tokens per scene
-class (day / dusk / night) plus one empty prompt for classifier-free guidance. It works in a **pixel-unshuffle
-latent**: a 64×64 px RGB window in [-1, 1] is ``pixel_unshuffle(x, 4)`` → 48 × 16 × 16 (exact and invertible,
-so the "VAE" is a reshape); the UNet's 3 levels see 16, 8, 4 latent px, with attention at 8 and 4. 64 px is
+class (day / dusk / night) plus one empty prompt for classifier-free guidance. It works in **the world's latent**
+(``core.world.encode_latent``): a 64×64 px RGB window in [-1, 1] becomes 3 × 16 × 16 (4×4 block means); the UNet's 3 levels see 16, 8, 4 latent px, with attention at 8 and 4. 64 px is
 the smallest window the Vista nodes' schemas accept.
 
-Objective: ε-prediction with SD1.5's discrete schedule (ComfyUI's ``ModelSamplingDiscrete`` defaults: linear β
-0.00085 → 0.012, 1000 steps), the input scaled as ComfyUI's EPS model does at inference
+Objective: v-prediction with SD1.5's discrete schedule (ComfyUI's ``ModelSamplingDiscrete`` defaults: linear β
+0.00085 → 0.012, 1000 steps), the input scaled as ComfyUI's EPS and V_PREDICTION models do at inference
 (``x_in = (x0 + σ ε) / sqrt(σ² + 1)``, timestep ``t``), so the weights sample through the host's
-``model_base.BaseModel`` unchanged. Data: fresh window crops of wide world scenes every step
+``model_base.BaseModel`` (``ModelType.V_PREDICTION``, as SD2.x-v) unchanged. Data: fresh window crops of wide world scenes every step
 (``core.world.random_crops``, zoom 1 and 2), seeded by ``(seed, step)``.
 
 Usage (ComfyUI's Python, or any with torch + safetensors; ``--comfyui`` defaults to ``$COMFYUI_PATH``)::
@@ -42,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: 178 MFLOP per 64×64 px window evaluation (torch.utils.flop_counter). Window offsets must be multiples of
 #: 4 latent px (16 px) for MAD.
 WORLD_UNET_CONFIG = {
-    "image_size": 16, "in_channels": 48, "out_channels": 48, "model_channels": 32, "num_res_blocks": [1, 1, 1],
+    "image_size": 16, "in_channels": 3, "out_channels": 3, "model_channels": 32, "num_res_blocks": [1, 1, 1],
     "channel_mult": [1, 2, 2], "transformer_depth": [0, 1, 1], "transformer_depth_output": [0, 0, 1, 1, 1, 1],
     "transformer_depth_middle": 1, "context_dim": 64, "num_heads": -1, "num_head_channels": 32,
     "use_spatial_transformer": True, "use_linear_in_transformer": True, "legacy": False, "adm_in_channels": None,
@@ -50,7 +49,6 @@ WORLD_UNET_CONFIG = {
 }
 CLASSES = 3  # day, dusk, night (core.world.SCENE_CLASSES); row CLASSES of the token table is the empty prompt
 PROMPT_TOKENS = 4
-UNSHUFFLE = 4  # latent = pixel_unshuffle(image, 4): 48 channels, a quarter of the size
 WINDOW = 64  # px
 REPRO_TOLERANCE = 0.05  # relative tolerance on eval_mse for a reproduction on another machine
 EVAL_SEED, EVAL_CROPS, EVAL_TIMESTEPS = 12345, 96, (20, 100, 250, 400, 550, 700, 850, 980)
@@ -97,18 +95,24 @@ def build_unet(comfy, seed: int):
 
 
 def batch(world, seed: int, step: int, size: int):
-    """Training crops of one step: (latents (B, 48, 16, 16), class ids (B,)), fixed by ``(seed, step)``."""
-    import torch.nn.functional as F
-
+    """Training crops of one step: (latents (B, 3, 16, 16), class ids (B,)), fixed by ``(seed, step)``."""
     crops = world.random_crops(seed * 1_000_003 + step, size, WINDOW, scene_windows=6, zooms=(1, 2), crops_per_scene=8)
-    return F.pixel_unshuffle(crops["images"], UNSHUFFLE), crops["class_ids"]
+    return world.encode_latent(crops["images"]), crops["class_ids"]
 
 
-def eps_loss(net, tokens, sigmas, x0, classes, t, noise):
-    """ε-prediction MSE at discrete timesteps ``t`` with ComfyUI's EPS input scaling."""
+def v_loss(net, tokens, sigmas, x0, classes, t, noise):
+    """v-prediction MSE at discrete timesteps ``t``, in ComfyUI's ``V_PREDICTION`` parameterisation.
+
+    ComfyUI feeds ``x_in = (x0 + σε) / sqrt(σ² + 1)`` and decodes ``x0 = x / (σ² + 1) − out · σ / sqrt(σ² + 1)``
+    (``model_sampling.V_PREDICTION``, σ_data = 1), so the target is ``v = (ε − σ x0) / sqrt(σ² + 1)``. Unlike ε,
+    v keeps the clean image in the target at high noise, where an ε-model's small errors are multiplied by σ
+    into the image's colours (the ε-trained world models drifted to colours the world never has).
+    """
     sigma = sigmas[t].view(-1, 1, 1, 1)
-    x_in = (x0 + sigma * noise) / (sigma**2 + 1).sqrt()
-    return (net(x_in, t.float(), context=tokens[classes]) - noise).pow(2).mean()
+    scale = (sigma**2 + 1).sqrt()
+    x_in = (x0 + sigma * noise) / scale
+    target = (noise - sigma * x0) / scale
+    return (net(x_in, t.float(), context=tokens[classes]) - target).pow(2).mean()
 
 
 def evaluate(net, tokens, sigmas, world) -> float:
@@ -121,7 +125,7 @@ def evaluate(net, tokens, sigmas, world) -> float:
     with torch.no_grad():
         for t in EVAL_TIMESTEPS:
             noise = torch.randn(x0.shape, generator=g)
-            losses.append(eps_loss(net, tokens, sigmas, x0, classes, torch.full((len(x0),), t), noise).item())
+            losses.append(v_loss(net, tokens, sigmas, x0, classes, torch.full((len(x0),), t), noise).item())
     return sum(losses) / len(losses)
 
 
@@ -146,7 +150,7 @@ def train(comfy, args) -> dict:
         drop = torch.rand(len(classes), generator=g) < args.cfg_dropout
         classes = torch.where(drop, CLASSES, classes)
         t = torch.randint(0, len(sigmas), (len(x0),), generator=g)
-        loss = eps_loss(net, tokens, sigmas, x0, classes, t, torch.randn(x0.shape, generator=g))
+        loss = v_loss(net, tokens, sigmas, x0, classes, t, torch.randn(x0.shape, generator=g))
         for group in opt.param_groups:
             group["lr"] = args.lr * min(1.0, (step + 1) / args.warmup)
         opt.zero_grad(set_to_none=True)
@@ -175,8 +179,8 @@ def save(result: dict, args, out: Path) -> None:
 
     state = {f"model.diffusion_model.{k}": v.detach().contiguous() for k, v in result["net"].state_dict().items()}
     state["vista_world.prompt_tokens"] = result["tokens"].contiguous()
-    meta = {"vista": "world_denoiser", "unet_config": json.dumps(WORLD_UNET_CONFIG), "classes": "day,dusk,night,empty",
-            "latent": f"pixel_unshuffle({UNSHUFFLE})", "window_px": str(WINDOW), "seed": str(args.seed),
+    meta = {"vista": "world_denoiser", "unet_config": json.dumps(WORLD_UNET_CONFIG), "classes": "day,dusk,night,empty", "prediction": "v",
+            "latent": "core.world.encode_latent (4x4 block means)", "window_px": str(WINDOW), "seed": str(args.seed),
             "steps": str(args.steps), "batch": str(args.batch), "lr": str(args.lr), "ema": str(args.ema),
             "cfg_dropout": str(args.cfg_dropout), "threads": str(args.threads), "eval_mse": f"{result['eval_mse']:.6f}",
             "train_seconds": f"{result['seconds']:.0f}", "repro_tolerance": str(REPRO_TOLERANCE)}

@@ -249,9 +249,11 @@ class TestSkyDrift:
         with pytest.raises(VistaInputError, match=r"band must be in \[1, H = 8\] rows, got 9"):
             cm.sky_colours(torch.zeros(1, 3, 8, 16), 8, 9)
 
-    def test_exception_all_sun(self):
-        with pytest.raises(VistaInputError, match="a crop's whole sky band is sun pixels"):
-            cm.sky_colours(torch.ones(1, 3, 8, 16), 8, 2)
+    def test_all_sun_band_keeps_its_pixels(self):
+        image = torch.zeros(1, 3, 8, 16)
+        image[..., :8] = 1.0  # the first crop's band is all "sun"
+        colours = cm.sky_colours(image, 8, 2)
+        assert torch.equal(colours[0, 0], torch.ones(3)) and torch.equal(colours[0, 1], torch.zeros(3))
 
 
 class TestCountSuns:

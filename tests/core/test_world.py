@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from vista.core.checks import VistaInputError
-from vista.core.world import PALETTES, SCENE_CLASSES, SKY_BAND, crop_layout, random_crops, render_scene
+from vista.core.world import (LATENT_CHANNELS, PALETTES, SCENE_CLASSES, SKY_BAND, crop_layout, decode_latent,
+                              encode_latent, random_crops, render_scene)
 
 CLASSES = range(len(SCENE_CLASSES))
 
@@ -146,3 +147,31 @@ class TestRandomCrops:
     def test_exception_scene_windows(self):
         with pytest.raises(VistaInputError, match="scene_windows and crops_per_scene must be >= 1"):
             random_crops(0, 4, 16, crops_per_scene=0)
+
+
+class TestLatent:
+    def test_shapes_and_round_trip_on_scenes(self):
+        image, _ = render_scene(0, 3, 64, 128)
+        z = encode_latent(image[None])
+        assert z.shape == (1, LATENT_CHANNELS, 16, 32)
+        back = decode_latent(z)
+        assert back.shape == (1, 3, 64, 128)
+        # lossy only in the top octaves: the scene comes back to a small mean error
+        assert (back - image).abs().mean() < 0.03
+
+    def test_constant_image_is_exact(self):
+        x = torch.full((2, 3, 8, 8), 0.25)
+        assert torch.allclose(decode_latent(encode_latent(x)), x)
+
+    def test_encode_is_block_mean_and_decode_keeps_it(self):
+        x = torch.randn(1, 3, 8, 8)
+        z = encode_latent(x)
+        assert torch.allclose(z[0, 0, 0, 0], x[0, 0, :4, :4].mean())
+        ramp = torch.arange(8.0).repeat(1, 3, 8, 1)  # linear along x: decode then encode gives it back
+        assert torch.allclose(encode_latent(decode_latent(ramp))[..., 1:-1], ramp[..., 1:-1], atol=1e-5)
+
+    def test_bad_shapes_refused(self):
+        with pytest.raises(VistaInputError, match="multiples of 4"):
+            encode_latent(torch.zeros(1, 3, 6, 8))
+        with pytest.raises(VistaInputError, match="latent must be"):
+            decode_latent(torch.zeros(1, 48, 4, 4))
