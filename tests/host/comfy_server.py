@@ -13,6 +13,8 @@ them into the API format ``POST /prompt`` takes, using ``GET /object_info`` for 
 """
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import json
 import os
 import socket
@@ -31,6 +33,13 @@ PACK_NAME = "vista"
 CHECKPOINT = "vista_test_sd15.safetensors"
 SDXL_CHECKPOINT = "vista_test_sdxl.safetensors"  # tools/make_test_checkpoint.py --family sdxl
 SKIP_REASON = "COMFYUI_PATH not set: host tier skipped — set COMFYUI_PATH to a ComfyUI checkout to run it"
+
+
+def run_coroutine(coro):
+    """``asyncio.run(coro)`` in a thread of its own: after the browser tier, Playwright's sync API holds a running
+    event loop in the main thread, where ``asyncio.run`` refuses to start."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 class PromptRejected(AssertionError):

@@ -15,7 +15,6 @@ in the same run; the latency must be at most ``2 x batch + 2 s``. The numbers ar
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import statistics
 import time
@@ -134,7 +133,7 @@ async def interrupt_during(server, prompt: dict, sampler_id: str, before: int) -
 def test_interrupt_ends_within_one_window_batch(comfyui_server, path):
     prompt, sampler_class, before = PATHS[path](comfyui_server)
     (sampler_id,) = nodes_of(prompt, sampler_class)
-    run = asyncio.run(interrupt_during(comfyui_server, prompt, sampler_id, before))
+    run = comfy_server.run_coroutine(interrupt_during(comfyui_server, prompt, sampler_id, before))
     assert comfyui_server.alive(), comfyui_server.log_tail()
     spacings = [b - a for a, b in zip(run["progress"], run["progress"][1:])]
     assert run["interrupted_at"] is not None, (f"{path}: only {len(run['progress'])} progress messages from "

@@ -17,8 +17,6 @@ each one fails on a missing piece. The host-free tests at the end (packaging fil
 """
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import copy
 import importlib.util
 import json
@@ -28,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+import comfy_server
 from comfy_server import _has_control_widget, _is_widget, _ordered_inputs
 from host import import_host
 
@@ -132,9 +131,7 @@ def infos() -> list[dict]:
     import_host()
     from vista.nodes import VistaExtension
 
-    # In a thread of its own: the browser tier's Playwright (sync API) may hold a running event loop in this one.
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        nodes = pool.submit(asyncio.run, VistaExtension().get_node_list()).result()
+    nodes = comfy_server.run_coroutine(VistaExtension().get_node_list())
     return [cls.GET_NODE_INFO_V1() for cls in nodes]
 
 
