@@ -54,14 +54,19 @@ import _common  # noqa: E402
 from world_model import CLASSES, EMPTY_PROMPT, load_world_model  # noqa: E402
 
 WINDOW = 64  # px: the denoiser's training window (16 latent px)
-FACTOR = 4  # image px per latent px (core.world.LATENT_FACTOR)
-CHANNELS = 3  # core.world.LATENT_CHANNELS
 CFG = 3.0
 BATCH = 64  # windows per model call (all windows of the wide canvas in one call)
 RESULTS = _common.ROOT / "bench" / "results"
 WEIGHTS = _common.ROOT / "bench" / "data" / "world_denoiser.safetensors"
 BASELINE = _common.ROOT / "bench" / "coherence_ci_baseline.json"
 SIGMAS_IN_BAND = 4.0  # CI band: calibrated mean ± 4 standard errors of the full run, scaled to the CI sample count
+
+
+def world_latent() -> tuple[int, int]:
+    """(channels, image px per latent px) of the world's latent, from ``core.world`` (the pack is loaded by then)."""
+    from vista.core.world import LATENT_CHANNELS, LATENT_FACTOR
+
+    return LATENT_CHANNELS, LATENT_FACTOR
 
 
 @dataclass(frozen=True)
@@ -75,7 +80,8 @@ class Canvas:
 
     @property
     def latent_hw(self) -> tuple[int, int]:
-        return self.height // FACTOR, self.width // FACTOR
+        factor = world_latent()[1]
+        return self.height // factor, self.width // factor
 
     def label(self) -> str:
         rows, cols = self.height // WINDOW, self.width // WINDOW
@@ -205,7 +211,7 @@ class Bench:
     def run(self, method: Method, canvas: Canvas, seeds: range) -> tuple[torch.Tensor, float]:
         """Panoramas ``(N, 3, H, W)`` in [-1, 1] for ``seeds`` (class = seed mod 3) and the wall seconds."""
         model, sampler = self.sampler_and_model(method, canvas)
-        latent = torch.zeros(1, CHANNELS, *canvas.latent_hw)
+        latent = torch.zeros(1, world_latent()[0], *canvas.latent_hw)
         start, out = time.perf_counter(), []
         for seed in seeds:
             out.append(self.sample(model, sampler, latent, seed, seed % len(CLASSES), method.style_aligned))
@@ -213,7 +219,9 @@ class Bench:
 
     def references(self, per_class: int) -> torch.Tensor:
         """Single-window samples ``(3·per_class, 3, 64, 64)``: the plain model, no Vista node, same CFG/steps."""
-        sampler, latent, out = self.comfy.samplers.sampler_object("euler"), torch.zeros(per_class, CHANNELS, 16, 16), []
+        channels, factor = world_latent()
+        sampler, out = self.comfy.samplers.sampler_object("euler"), []
+        latent = torch.zeros(per_class, channels, WINDOW // factor, WINDOW // factor)
         for class_id in range(len(CLASSES)):
             out.append(self.sample(self.world.model, sampler, latent, 100_000 + class_id, class_id))
         return decode(torch.cat(out))
@@ -267,9 +275,10 @@ class Scorer:
             suns = cm.count_suns(images).double()
             out["suns"], out["extra_suns"] = suns, 100.0 * (suns > 1).double()
             if not method.independent:
-                windows = self.plan_windows(*canvas.latent_hw, WINDOW // FACTOR, WINDOW // FACTOR,
-                                                               canvas.stride // FACTOR, canvas.stride // FACTOR)
-                out["overlap_sharpness"] = cm.overlap_sharpness(images, windows, scale=FACTOR)
+                f = world_latent()[1]
+                windows = self.plan_windows(*canvas.latent_hw, WINDOW // f, WINDOW // f, canvas.stride // f,
+                                            canvas.stride // f)
+                out["overlap_sharpness"] = cm.overlap_sharpness(images, windows, scale=f)
             everything = torch.ones(images.shape[-2:], dtype=torch.bool)
             out["sharpness_vs_ref"] = cm.laplacian_energy(images, everything) / self.ref_energy
         return {k: [float(x) for x in v] for k, v in out.items()}

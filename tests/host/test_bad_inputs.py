@@ -109,6 +109,12 @@ def set_input(base: str, class_type: str, **inputs) -> Callable[[dict, Path], di
     return build
 
 
+def sampler_inputs(prompt: dict) -> dict:
+    """The inputs of the prompt's sampler node (KSampler or SamplerCustomAdvanced), the one taking latent_image."""
+    (node,) = [n for n in prompt.values() if n["class_type"] in ("KSampler", "SamplerCustomAdvanced")]
+    return node["inputs"]
+
+
 def write_latent(input_dir: Path, name: str, array: np.ndarray) -> str:
     """A ``.latent`` file for stock LoadLatent (``latent_format_version_0``: loaded without rescaling)."""
     save_file({"latent_tensor": array.astype(np.float32), "latent_format_version_0": np.zeros(1, np.float32)},
@@ -121,8 +127,7 @@ def loaded_latent(base: str, name: str, make: Callable[[], np.ndarray]) -> Calla
     def build(bases: dict, input_dir: Path) -> dict:
         prompt = copy.deepcopy(bases[base])
         latent_id = add(prompt, "LoadLatent", latent=write_latent(input_dir, name, make()))
-        _, sampler = only(prompt, "KSampler" if base in ("td", "mad") else "SamplerCustomAdvanced")
-        sampler["inputs"]["latent_image"] = [latent_id, 0]
+        sampler_inputs(prompt)["latent_image"] = [latent_id, 0]
         return prompt
     return build
 
@@ -139,29 +144,19 @@ def nan_latent(shape) -> Callable[[], np.ndarray]:
     return make
 
 
-def inf_latent_by_stock_nodes(base: str) -> Callable[[dict, Path], dict]:
+def inf_latent_by_stock_nodes(prompt: dict) -> None:
     """EmptyImage (white) -> VAEEncode -> 45 x LatentMultiply(10): every widget in range, the latent overflows to Inf."""
-    def build(bases: dict, input_dir: Path) -> dict:
-        prompt = copy.deepcopy(bases[base])
-        loader_id, _ = only(prompt, "CheckpointLoaderSimple")
-        _, empty = only(prompt, "EmptyLatentImage")
-        size = empty["inputs"]
-        image = add(prompt, "EmptyImage", width=size["width"], height=size["height"], batch_size=1, color=0xFFFFFF)
-        latent = add(prompt, "VAEEncode", pixels=[image, 0], vae=[loader_id, 2])
-        for _ in range(45):
-            latent = add(prompt, "LatentMultiply", samples=[latent, 0], multiplier=10.0)
-        only(prompt, "KSampler" if base in ("td", "mad") else "SamplerCustomAdvanced")[1]["inputs"]["latent_image"] = [latent, 0]
-        return prompt
-    return build
+    loader_id, _ = only(prompt, "CheckpointLoaderSimple")
+    size = only(prompt, "EmptyLatentImage")[1]["inputs"]
+    image = add(prompt, "EmptyImage", width=size["width"], height=size["height"], batch_size=1, color=0xFFFFFF)
+    latent = add(prompt, "VAEEncode", pixels=[image, 0], vae=[loader_id, 2])
+    for _ in range(45):
+        latent = add(prompt, "LatentMultiply", samples=[latent, 0], multiplier=10.0)
+    sampler_inputs(prompt)["latent_image"] = [latent, 0]
 
 
-def empty_sd3_latent(base: str) -> Callable[[dict, Path], dict]:
-    def build(bases: dict, input_dir: Path) -> dict:
-        prompt = copy.deepcopy(bases[base])
-        _, empty = only(prompt, "EmptyLatentImage")
-        empty["class_type"] = "EmptySD3LatentImage"
-        return prompt
-    return build
+def empty_sd3_latent(prompt: dict) -> None:
+    only(prompt, "EmptyLatentImage")[1]["class_type"] = "EmptySD3LatentImage"
 
 
 def with_node(base: str, edit: Callable[[dict], None]) -> Callable[[dict, Path], dict]:
@@ -276,7 +271,7 @@ CASES = [
     reject("td-weight-mode", "td", "VistaTiledDiffusion", "weight_mode", "triangle", "not in", "'uniform'",
            run_says=("weight_mode", "triangle", "uniform", "gaussian", "guided")),
     # not an error: the host gives an all-zero latent the model's channel count (comfy.sample.fix_empty_latent_channels)
-    Case("td-empty-16ch-latent", "VistaTiledDiffusion", "latent_image", empty_sd3_latent("td"), "ok"),
+    Case("td-empty-16ch-latent", "VistaTiledDiffusion", "latent_image", with_node("td", empty_sd3_latent), "ok"),
     error("td-canvas-out-of-memory", "VistaTiledDiffusion", "EmptyLatentImage width/height/batch_size",
           with_node("td", one_huge_window), "16384x16384 px", "Refused before the model runs",
           "lower window_batch_size, the window size or the canvas size", max_growth_gib=4.0),
@@ -287,7 +282,7 @@ CASES = [
           "image latent of shape (batch, channels, height, width)"),
     error("td-nan-latent", "VistaTiledDiffusion", "latent_image",
           loaded_latent("td", "vista_sweep_nan.latent", nan_latent((1, 4, 16, 32))), "NaN"),
-    error("td-inf-latent", "VistaTiledDiffusion", "latent_image", inf_latent_by_stock_nodes("td"), "Inf"),
+    error("td-inf-latent", "VistaTiledDiffusion", "latent_image", with_node("td", inf_latent_by_stock_nodes), "Inf"),
     # Vista MAD Attention, and canvases that would exhaust memory (refused by the samplers' budget check)
     reject("mad-tau-1.5", "mad", "VistaMADAttention", "tau", 1.5, "bigger than max of 1.0"),
     reject("mad-tau-negative", "mad", "VistaMADAttention", "tau", -0.1, "smaller than min of 0.0"),
