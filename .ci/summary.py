@@ -2,7 +2,7 @@
 
 Usage: python .ci/summary.py [--host-skips-fail] LABEL=REPORT.xml [LABEL=REPORT.xml ...]
 
-Tiers by test path: tests/core -> core, tests/browser -> browser, the server tests of tests/host (SERVER_TESTS) -> e2e,
+Tiers by test path: tests/core and tests/evaluation -> core (host-free), tests/browser -> browser, the server tests of tests/host (SERVER_TESTS) -> e2e,
 other tests/host -> node.
 With --host-skips-fail a skipped node, e2e or browser test is a failure (CI has the hosts: a skip is not a pass).
 """
@@ -18,7 +18,7 @@ SERVER_TESTS = ("test_e2e", "test_bad_inputs", "test_interrupt", "test_run_workf
 
 def tier(case: ET.Element) -> str:
     name = (case.get("classname") or "") + "." + (case.get("file") or "")
-    if "tests.core" in name or "tests/core" in name:
+    if any(t in name for t in ("tests.core", "tests/core", "tests.evaluation", "tests/evaluation")):
         return "core"
     if "tests.browser" in name or "tests/browser" in name:
         return "browser"

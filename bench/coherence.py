@@ -1,6 +1,6 @@
 """Coherence benchmark (issue [G]): every Vista method side by side on the procedural world, the papers' metrics.
 
-The world (``core/world.py``) has a known layout — one flat horizon, a sky colour constant along x, one sun or
+The world (``bench/evaluation/world.py``) has a known layout — one flat horizon, a sky colour constant along x, one sun or
 moon per scene six windows wide — and a small denoiser trained on window-sized crops of it
 (``tools/train_world_denoiser.py``, loaded as a ComfyUI MODEL by ``bench/world_model.py``). A model that only
 ever saw 64 px windows has to be made coherent by the panorama method, exactly as SD is.
@@ -23,7 +23,7 @@ MSD                           Vista Multi-Scale Diffusion (2 levels, w 10, 30 %,
                               also with noise_level variance-preserving
 ============================  =========================================================================
 
-Metrics (``core/coherence_metrics.py``): intra-LPIPS over all pairs of non-overlapping window crops (LPIPS-VGG as
+Metrics (``bench/evaluation/coherence_metrics.py``): intra-LPIPS over all pairs of non-overlapping window crops (LPIPS-VGG as
 the SyncDiffusion authors' evaluation; AlexNet in ``--ci``), intra-Style-L on VGG16 Gram matrices (the paper used
 VGG-19: not comparable with its numbers), horizon variance (px²), sky-colour drift, sun count, a **non-standard**
 Fréchet distance on AlexNet relu5 features against single-window samples (with the noise floor between two halves of
@@ -63,8 +63,8 @@ SIGMAS_IN_BAND = 4.0  # CI band: calibrated mean ± 4 standard errors of the ful
 
 
 def world_latent() -> tuple[int, int]:
-    """(channels, image px per latent px) of the world's latent, from ``core.world`` (the pack is loaded by then)."""
-    from vista.core.world import LATENT_CHANNELS, LATENT_FACTOR
+    """(channels, image px per latent px) of the world's latent, from ``bench.evaluation.world`` (the pack is loaded by then)."""
+    from vista.bench.evaluation.world import LATENT_CHANNELS, LATENT_FACTOR
 
     return LATENT_CHANNELS, LATENT_FACTOR
 
@@ -230,15 +230,15 @@ class Bench:
 def world_scenes(canvas: Canvas, n: int) -> torch.Tensor:
     """The reference row: ``n`` rendered world scenes of the canvas size (class = seed mod 3), through the latent
     round trip (``encode_latent`` → ``decode_latent``) — what a perfectly coherent panorama scores here."""
-    from vista.core.world import encode_latent, render_scene
+    from vista.bench.evaluation.world import encode_latent, render_scene
 
     scenes = torch.stack([render_scene(seed % len(CLASSES), seed, canvas.height, canvas.width)[0] for seed in range(n)])
     return decode(encode_latent(scenes))
 
 
 def decode(latent: torch.Tensor) -> torch.Tensor:
-    """World latent → RGB in [-1, 1] (``core.world.decode_latent``, what WorldVAE decodes)."""
-    from vista.core.world import decode_latent
+    """World latent → RGB in [-1, 1] (``bench.evaluation.world.decode_latent``, what WorldVAE decodes)."""
+    from vista.bench.evaluation.world import decode_latent
 
     return decode_latent(latent).clamp(-1, 1)
 
@@ -248,8 +248,8 @@ class Scorer:
     """The metric weights (LPIPS AlexNet shipped; VGG from ComfyUI's lpips folder) and the reference samples."""
 
     def __init__(self, bench: Bench, config: Config, references: torch.Tensor):
-        from vista.core import coherence_metrics as cm
-        from vista.core.windows import plan_windows
+        from vista.bench.evaluation import coherence_metrics as cm
+        from vista.core.canvas.windows import plan_windows
         from vista.nodes.guidance import load_lpips
 
         self.cm, self.config, self.plan_windows = cm, config, plan_windows

@@ -182,7 +182,7 @@ def parse_args() -> argparse.Namespace:
 
 def window_counts(args, factor: int) -> tuple[int, int]:
     """(N windows on the canvas, N1 windows on MSD's half-resolution level)."""
-    from vista.core.windows import plan_windows
+    from vista.core.canvas.windows import plan_windows
 
     h, w, win, stride = args.height // factor, args.width // factor, args.window // factor, args.stride // factor
     n = len(plan_windows(h, w, win, win, stride, stride))
@@ -192,7 +192,7 @@ def window_counts(args, factor: int) -> tuple[int, int]:
 
 def make_sides(args, vae, n: int, n1: int) -> list[Side]:
     """The baseline and the selected guided configurations, with their guided-step counts and floors."""
-    from vista.core.schedules import steps_in_fraction, uniform_steps
+    from vista.core.sampling.schedules import steps_in_fraction, uniform_steps
     from vista.nodes.guidance import VistaMultiScaleDiffusion, VistaSyncDiffusion
 
     T = args.steps

@@ -10,7 +10,7 @@ For each canvas width, in ONE process with the same checkpoint, seed and windows
 One line per run: wall seconds, the peak of live tensor bytes allocated during the run (a
 ``TorchDispatchMode`` that counts every storage an op allocates until it is freed: exact, device-free), the
 peak RSS (VmHWM, reset per run; GPU: max allocated) and, when the pack has ``nodes/budget.py``, Vista's own
-estimate of the largest call (``core/budget.py``). Then, per width, B ÷ A* (what the merge itself adds) and
+estimate of the largest call (``core/canvas/budget.py``). Then, per width, B ÷ A* (what the merge itself adds) and
 B ÷ A. A second table times nothing: one merged self-attention call against the host's attention over
 the same window tokens (``optimized_attention``, torch SDPA), q/k/v shaped like the checkpoint's finest
 attention level, peak tensor bytes. ``--huge`` also sends a 16384² px MAD request and reports how it ends
@@ -60,8 +60,8 @@ def measure(label: str, fn, extra: str = "") -> float:
 def estimate_mib(model, height: int, width: int, args, mad: bool) -> str:
     """The pack's own estimate of the largest call (one conditioning x2 for cfg), or '-' when it has none."""
     try:
-        from vista.core.budget import estimate_canvas_budget, merged_attention_bytes, unet_window_elements
-        from vista.core.windows import plan_windows
+        from vista.core.canvas.budget import estimate_canvas_budget, merged_attention_bytes, unet_window_elements
+        from vista.core.canvas.windows import plan_windows
         from vista.nodes.budget import unet_geometry
     except ImportError:
         return "-"
@@ -83,8 +83,8 @@ def attention_table(comfy, model, args) -> None:
     import functools
 
     import torch
-    from vista.core.attention_merge import merged_self_attention, token_index
-    from vista.core.windows import plan_windows
+    from vista.core.mad.attention_merge import merged_self_attention, token_index
+    from vista.core.canvas.windows import plan_windows
 
     dm, f = model.get_model_object("diffusion_model"), bench.latent_factor(model)
     first = next(i for i, block in enumerate(dm.input_blocks)  # the first input block with attention: the finest level

@@ -1,6 +1,6 @@
 """The coherence world's trained denoiser as a ComfyUI MODEL and VAE (issue [G], bench/COHERENCE.md §3).
 
-``tools/train_world_denoiser.py`` trains ComfyUI's own ``UNetModel`` in the world's latent (``core.world.encode_latent``:
+``tools/train_world_denoiser.py`` trains ComfyUI's own ``UNetModel`` in the world's latent (``bench.evaluation.world.encode_latent``:
 a 64 px RGB window in [-1, 1] is 3 × 16 × 16). Here the weights become what a user's checkpoint becomes in ComfyUI:
 
 * :func:`world_model_config` — a ``supported_models_base.BASE`` whose ``get_model`` gives the host's
@@ -11,7 +11,7 @@ a 64 px RGB window in [-1, 1] is 3 × 16 × 16). Here the weights become what a 
   ``device``, ``vae_dtype``, ``decode``), so SyncDiffusion's ``decoder=vae`` differentiates through it.
   ComfyUI has no such weightless VAE of factor 4 (its ``PixelspaceConversionVAE`` is factor 1).
 
-Import the host and the pack first (``bench/_common``): the classes subclass ComfyUI's and use ``vista.core.world``.
+Import the host and the pack first (``bench/_common``): the classes subclass ComfyUI's and use ``vista.bench.evaluation.world``.
 """
 from __future__ import annotations
 
@@ -26,17 +26,17 @@ EMPTY_PROMPT = 3  # row of the token table used as the negative / unconditional 
 
 
 class WorldCoder(torch.nn.Module):
-    """The world's weightless "autoencoder" (``core.world.encode_latent`` / ``decode_latent``) as a module."""
+    """The world's weightless "autoencoder" (``bench.evaluation.world.encode_latent`` / ``decode_latent``) as a module."""
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` in [-1, 1] → ``(B, 3, H/4, W/4)``."""
-        from vista.core.world import encode_latent
+        from vista.bench.evaluation.world import encode_latent
 
         return encode_latent(image)
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         """``(B, 3, h, w)`` → ``(B, 3, 4h, 4w)``, about [-1, 1] (the range SD VAEs decode to)."""
-        from vista.core.world import decode_latent
+        from vista.bench.evaluation.world import decode_latent
 
         return decode_latent(latent)
 
@@ -61,7 +61,7 @@ def world_model_config(comfy, unet_config: dict, prediction: str = "v"):
     import comfy.model_base
     import comfy.supported_models_base
 
-    from vista.core.world import LATENT_CHANNELS, LATENT_FACTOR
+    from vista.bench.evaluation.world import LATENT_CHANNELS, LATENT_FACTOR
 
     class WorldLatent(comfy.latent_formats.LatentFormat):
         latent_channels = LATENT_CHANNELS

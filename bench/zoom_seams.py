@@ -79,7 +79,7 @@ def main() -> None:
     model, clip, vae = load(comfy, host, args.ckpt)
     bench.load_pack(args.pack)
     import torch
-    from vista.core.zoom_metrics import handover_ratio, seam_ratio, source_levels, switch_jump_ratio
+    from vista.bench.evaluation.zoom_metrics import handover_ratio, seam_ratio, source_levels, switch_jump_ratio
 
     print("$ " + shlex.join(["python", *sys.argv]))
     print(bench.describe(host, args.pack, args.ckpt.name if args.ckpt else "vista test checkpoint"))

@@ -11,9 +11,9 @@ from comfy_api.latest import io
 
 import torch
 
-from ..core.attention_merge import MAD_LAYOUT_KEY, MAD_TAU_KEY, MadLayout
+from ..core.mad.attention_merge import MAD_LAYOUT_KEY, MAD_TAU_KEY, MadLayout
 from ..core.checks import VistaInputError
-from ..core.windows import WEIGHT_MODES, Window, plan_windows, window_weights
+from ..core.canvas.windows import WEIGHT_MODES, Window, plan_windows, window_weights
 from .notify import warn_user
 
 

@@ -1,6 +1,6 @@
 """Refuse a canvas that cannot fit and warn about an expensive one, before sampling allocates (issue [F] 2).
 
-The arithmetic is :mod:`core.budget`; this module reads the UNet's levels from the host's model, the
+The arithmetic is :mod:`core.canvas.budget`; this module reads the UNet's levels from the host's model, the
 free memory from ``comfy.model_management.get_free_memory`` and words the messages. Two entry points:
 
 * :func:`check_canvas_budget` — for the samplers, once per canvas plan, before any window is cropped;
@@ -14,7 +14,7 @@ import comfy.ldm.modules.diffusionmodules.openaimodel as openaimodel
 import comfy.model_management
 import torch
 
-from ..core.budget import (GIB, CanvasBudget, UNetGeometry, estimate_canvas_budget, merged_attention_bytes,
+from ..core.canvas.budget import (GIB, CanvasBudget, UNetGeometry, estimate_canvas_budget, merged_attention_bytes,
                            unet_window_elements)
 from ..core.checks import VistaInputError
 from .notify import warn_user
@@ -115,7 +115,7 @@ def check_canvas_budget(node: str, model_patcher, canvas_hw_latent, windows_per_
                         factor: int | None = None) -> None:
     """Refuse (ValueError) a windowed run whose largest model call cannot fit; warn when it is expensive or tight.
 
-    Call it once per canvas plan, before cropping any window. The estimate (:mod:`core.budget`) counts one
+    Call it once per canvas plan, before cropping any window. The estimate (:mod:`core.canvas.budget`) counts one
     conditioning per call (the least ComfyUI runs), so a refusal means even that cannot fit.
 
     Args:

@@ -21,7 +21,7 @@ import comfy.model_management
 import torch
 from torch.func import functional_call
 
-from ..core.guidance import Decode, Denoise
+from ..core.guidance.gradient import Decode, Denoise
 
 __all__ = ["WeightCopies", "autograd_kernels", "differentiable_denoiser", "differentiable_decoder"]
 

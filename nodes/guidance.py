@@ -4,7 +4,7 @@ Both nodes make a ``VISTA_GUIDANCE`` (a small spec object) for the optional ``gu
 Vista Latent Fusion Sampler — the one graph attachment of guidance. When sampling starts, the sampler
 calls ``spec.build(run)`` with the run's guider, window plan and options; the spec loads what it
 needs (LPIPS weights, a decoder), makes the differentiable callables (nodes/differentiable.py) and
-returns the core guidance (core/syncdiffusion.py, core/msd.py).
+returns the core guidance (core/guidance/syncdiffusion.py, core/guidance/msd.py).
 """
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ from comfy_api.latest import io
 from safetensors.torch import load_file
 
 from ..core.checks import VistaInputError
-from ..core.lpips import LPIPS_ALEX_WEIGHTS, LPIPS_NETS, lpips, lpips_net
-from ..core.msd import LevelPlan, MultiScale, level_plans
-from ..core.noise_streams import step_noise_seed
-from ..core.syncdiffusion import SyncDiffusion, anchor_window
+from ..core.guidance.lpips import LPIPS_ALEX_WEIGHTS, LPIPS_NETS, lpips, lpips_net
+from ..core.guidance.msd import LevelPlan, MultiScale, level_plans
+from ..core.sampling.noise_streams import step_noise_seed
+from ..core.guidance.syncdiffusion import SyncDiffusion, anchor_window
 from ._common import CanvasPlan, core_error
 from .differentiable import WeightCopies, differentiable_decoder, differentiable_denoiser
 

@@ -7,12 +7,12 @@ import comfy.samplers
 import torch
 from comfy_api.latest import io
 
-from ..core.attention_merge import mad_active
+from ..core.mad.attention_merge import mad_active
 from ..core.checks import VistaInputError
-from ..core.latent_fusion import sample_latent_fusion
-from ..core.micro_conditioning import window_size_conditioning
-from ..core.multidiffusion import chunks
-from ..core.windows import WEIGHT_MODES
+from ..core.fusion.latent_fusion import sample_latent_fusion
+from ..core.canvas.micro_conditioning import window_size_conditioning
+from ..core.canvas.multidiffusion import chunks
+from ..core.canvas.windows import WEIGHT_MODES
 from ._common import (CanvasPlan, PlanCache, WindowSpec, check_image_latent, check_latent_values, check_option,
                       check_patch_grid, check_pixels, check_strides, core_error, latent_factor, mad_tau,
                       size_conditioning_input, step_form, takes_size_conditioning, WindowBatchProgress, unet_alignment,
@@ -50,10 +50,10 @@ def reject_unsupported(model_wrap, denoise_mask) -> None:
 
 
 class WindowSizeConditioning:
-    """SDXL per-window micro-conditioning on the latent route (:func:`core.micro_conditioning.window_size_conditioning`).
+    """SDXL per-window micro-conditioning on the latent route (:func:`core.canvas.micro_conditioning.window_size_conditioning`).
 
     The sampler's model calls carry no window identity, so this follows the order in which
-    :func:`core.latent_fusion.sample_latent_fusion` makes them: per step, ``step_setup`` first, then one
+    :func:`core.fusion.latent_fusion.sample_latent_fusion` makes them: per step, ``step_setup`` first, then one
     model call per window batch, in plan order, of the step's batch size. Each call gets its batch's
     windows through a ``model_function_wrapper`` in that call's own ``model_options`` (chained before any
     existing one), where ComfyUI hands over ``y`` as one window-major block per batched conditioning.
@@ -121,7 +121,7 @@ class WindowSizeConditioning:
 
 class LatentFusionSampler(comfy.samplers.Sampler):
     """A SAMPLER for SamplerCustom(Advanced): plans the windows from the guider's model, then runs
-    :func:`core.latent_fusion.sample_latent_fusion` through ComfyUI's own ``KSAMPLER`` plumbing
+    :func:`core.fusion.latent_fusion.sample_latent_fusion` through ComfyUI's own ``KSAMPLER`` plumbing
     (noise scaling, callback/previews, inverse scaling)."""
 
     def __init__(self, spec: dict, weight_mode: str, batch_size: int, eta: float, s_noise: float, variance_corrected: bool,

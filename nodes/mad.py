@@ -6,8 +6,8 @@ import comfy.model_management
 import comfy.patcher_extension
 from comfy_api.latest import io
 
-from ..core.attention_merge import MAD_LAYOUT_KEY, MAD_TAU_KEY, mad_attention_patch
-from ..core.budget import UNetGeometry
+from ..core.mad.attention_merge import MAD_LAYOUT_KEY, MAD_TAU_KEY, mad_attention_patch
+from ..core.canvas.budget import UNetGeometry
 from ._common import latent_factor
 from .budget import check_merged_call, unet_geometry
 

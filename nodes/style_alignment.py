@@ -7,7 +7,7 @@ import torch
 from comfy_api.latest import io
 
 from ..core.checks import VistaInputError
-from ..core.style_alignment import reference_from_canvas, style_align_noise
+from ..core.fusion.style_alignment import reference_from_canvas, style_align_noise
 from ._common import check_image_latent, check_pixels, clamp_notice, core_error, latent_factor
 from .notify import warn_user
 

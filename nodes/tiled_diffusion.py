@@ -6,11 +6,11 @@ from dataclasses import replace
 import comfy.patcher_extension
 from comfy_api.latest import io
 
-from ..core.attention_merge import mad_active, mad_step_index
+from ..core.mad.attention_merge import mad_active, mad_step_index
 from ..core.checks import VistaInputError
-from ..core.conditioning import window_call_kwargs
-from ..core.multidiffusion import multidiffusion_predict
-from ..core.windows import WEIGHT_MODES, repeat_for_windows
+from ..core.canvas.conditioning import window_call_kwargs
+from ..core.canvas.multidiffusion import multidiffusion_predict
+from ..core.canvas.windows import WEIGHT_MODES, repeat_for_windows
 from ._common import (PlanCache, WindowBatchProgress, WindowSpec, check_image_latent, check_latent_values, check_option,
                       check_patch_grid, check_pixels, check_strides, core_error, latent_factor, mad_tau,
                       size_conditioning_input, takes_size_conditioning, unet_alignment, window_inputs, with_layout)

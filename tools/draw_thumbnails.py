@@ -11,13 +11,13 @@ beside ``workflows/<name>.json``; the file name (no title field) is the card's t
 the workflow's own title: the first line of its "Vista — …" Note.
 
 Panorama and large-canvas workflows: the canvas (the EmptyLatentImage-like node's width x height) with the
-window plan the Vista node will make, planned by the pack's own ``core.windows.plan_windows`` from the node's
+window plan the Vista node will make, planned by the pack's own ``core.canvas.windows.plan_windows`` from the node's
 window, stride and wrap widgets as ``nodes._common.WindowSpec.plan`` does (a window larger than the canvas is
 clamped to it; offsets lie on the UNet grid while Vista MAD Attention is on the model, on even latent px with
 Vista Multi-Scale Diffusion). The canvas is shaded by how many windows cover each pixel; bars under it (and
 beside it, when there is more than one row) show every window's extent; the first window is outlined in white,
-SyncDiffusion's anchor window (``core.syncdiffusion.anchor_window``) in gold, Style Alignment's tiles
-(``core.style_alignment.tile_offsets``) dashed. Zoom-stack workflows: the N nested levels, each the central
+SyncDiffusion's anchor window (``core.guidance.syncdiffusion.anchor_window``) in gold, Style Alignment's tiles
+(``core.fusion.style_alignment.tile_offsets``) dashed. Zoom-stack workflows: the N nested levels, each the central
 1/p x 1/p of the one before, with their prompts.
 
 Deterministic: the same workflow drawn with the same Pillow gives the same bytes. tests/core/test_thumbnails.py
@@ -95,10 +95,10 @@ def _pack():
         module = importlib.util.module_from_spec(spec)
         sys.modules["vista"] = module
         spec.loader.exec_module(module)
-    import vista.core.msd
-    import vista.core.style_alignment
-    import vista.core.syncdiffusion
-    import vista.core.windows
+    import vista.core.guidance.msd
+    import vista.core.fusion.style_alignment
+    import vista.core.guidance.syncdiffusion
+    import vista.core.canvas.windows
 
     return vista.core
 
@@ -158,7 +158,7 @@ def steps(workflow: dict) -> int | None:
 # --- what a workflow sets up -----------------------------------------------------------------------
 @dataclass(frozen=True)
 class Panorama:
-    """A windowed canvas: sizes in image px, the plan in latent px (from core.windows)."""
+    """A windowed canvas: sizes in image px, the plan in latent px (from core.canvas.windows)."""
 
     node: str
     canvas: tuple[int, int]  # (width, height) px
@@ -167,7 +167,7 @@ class Panorama:
     wrap: bool
     weight_mode: str
     align: int
-    windows: tuple  # core.windows.Window records, latent px
+    windows: tuple  # core.canvas.windows.Window records, latent px
     hw: tuple[int, int]  # latent (H, W)
     anchor: int | None = None
     tiles: tuple[list[int], list[int]] | None = None  # Style Alignment tile starts (ys, xs), latent px
@@ -199,7 +199,7 @@ def panorama(workflow: dict) -> Panorama:
     wh, ww = min(int(v["window_height"]) // f, H), min(int(v["window_width"]) // f, W)
     sy, sx = min(int(v["stride_y"]) // f, wh), min(int(v["stride_x"]) // f, ww)
     wrap = bool(v.get("wrap_x", False))
-    windows = core.windows.plan_windows(H, W, wh, ww, sy, sx, wrap_x=wrap, align=align)
+    windows = core.canvas.windows.plan_windows(H, W, wh, ww, sy, sx, wrap_x=wrap, align=align)
     n_steps, notes = steps(workflow), []
     evals = f" = {len(windows) * n_steps} window passes" if n_steps else ""
     if windowed["type"] == "VistaTiledDiffusion":
@@ -215,17 +215,17 @@ def panorama(workflow: dict) -> Panorama:
     anchor = None
     if nodes_of(workflow, "VistaSyncDiffusion"):
         sync = one(workflow, "VistaSyncDiffusion")
-        anchor = core.syncdiffusion.anchor_window(windows, (H, W))
+        anchor = core.guidance.syncdiffusion.anchor_window(windows, (H, W))
         notes.append(f"+ SyncDiffusion: LPIPS toward the gold anchor window, weight {float(sync['weight']):g}")
     if msd:
-        lower = core.msd.level_plans((H, W), (wh, ww), (sy, sx), int(msd["levels"]), wrap)[1:]
+        lower = core.guidance.msd.level_plans((H, W), (wh, ww), (sy, sx), int(msd["levels"]), wrap)[1:]
         sizes = ", ".join(f"{p.canvas_hw[1] * f}x{p.canvas_hw[0] * f} px: {len(p.windows)} windows" for p in lower)
         notes.append(f"+ MSD {int(msd['levels'])} levels ({sizes}), first {float(msd['guided_fraction']):.0%} of steps")
     tiles = None
     style = one(workflow, "VistaStyleAlignment")
     if style:
         th, tw = min(int(style["window_height"]) // f, H), min(int(style["window_width"]) // f, W)
-        tiles = (core.style_alignment.tile_offsets(H, th), core.style_alignment.tile_offsets(W, tw))
+        tiles = (core.fusion.style_alignment.tile_offsets(H, th), core.fusion.style_alignment.tile_offsets(W, tw))
         notes.append(f"+ Style Alignment: {len(tiles[1])}x{len(tiles[0])} tiles (dashed), alpha {float(style['alpha']):g}")
     return Panorama(WINDOWED_NODES[windowed["type"]], (int(canvas["width"]), int(canvas["height"])),
                     (int(v["window_width"]), int(v["window_height"])), (int(v["stride_x"]), int(v["stride_y"])),

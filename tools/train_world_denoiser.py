@@ -3,14 +3,14 @@
 The network is ComfyUI's own ``UNetModel`` (``comfy.ldm.modules.diffusionmodules.openaimodel``, imported from
 the host checkout, never copied), conditioned through cross-attention on 4 learned "prompt" tokens per scene
 class (day / dusk / night) plus one empty prompt for classifier-free guidance. It works in **the world's latent**
-(``core.world.encode_latent``): a 64×64 px RGB window in [-1, 1] becomes 3 × 16 × 16 (4×4 block means); the UNet's 3 levels see 16, 8, 4 latent px, with attention at 8 and 4. 64 px is
+(``bench.evaluation.world.encode_latent``): a 64×64 px RGB window in [-1, 1] becomes 3 × 16 × 16 (4×4 block means); the UNet's 3 levels see 16, 8, 4 latent px, with attention at 8 and 4. 64 px is
 the smallest window the Vista nodes' schemas accept.
 
 Objective: v-prediction with SD1.5's discrete schedule (ComfyUI's ``ModelSamplingDiscrete`` defaults: linear β
 0.00085 → 0.012, 1000 steps), the input scaled as ComfyUI's EPS and V_PREDICTION models do at inference
 (``x_in = (x0 + σ ε) / sqrt(σ² + 1)``, timestep ``t``), so the weights sample through the host's
 ``model_base.BaseModel`` (``ModelType.V_PREDICTION``, as SD2.x-v) unchanged. Data: fresh window crops of wide world scenes every step
-(``core.world.random_crops``, zoom 1 and 2), seeded by ``(seed, step)``.
+(``bench.evaluation.world.random_crops``, zoom 1 and 2), seeded by ``(seed, step)``.
 
 Usage (ComfyUI's Python, or any with torch + safetensors; ``--comfyui`` defaults to ``$COMFYUI_PATH``)::
 
@@ -47,7 +47,7 @@ WORLD_UNET_CONFIG = {
     "use_spatial_transformer": True, "use_linear_in_transformer": True, "legacy": False, "adm_in_channels": None,
     "use_checkpoint": False,
 }
-CLASSES = 3  # day, dusk, night (core.world.SCENE_CLASSES); row CLASSES of the token table is the empty prompt
+CLASSES = 3  # day, dusk, night (bench.evaluation.world.SCENE_CLASSES); row CLASSES of the token table is the empty prompt
 PROMPT_TOKENS = 4
 WINDOW = 64  # px
 REPRO_TOLERANCE = 0.05  # relative tolerance on eval_mse for a reproduction on another machine
@@ -62,13 +62,13 @@ def _load(name: str, path: Path):
 
 
 def import_world():
-    """``core.world`` without importing the pack's ComfyUI entry point (loaded as package ``vista``)."""
+    """``bench.evaluation.world`` without importing the pack's ComfyUI entry point (loaded as package ``vista``)."""
     if "vista" not in sys.modules:
         spec = importlib.util.spec_from_file_location("vista", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
         module = importlib.util.module_from_spec(spec)
         sys.modules["vista"] = module
         spec.loader.exec_module(module)
-    import vista.core.world as world
+    import vista.bench.evaluation.world as world
 
     return world
 
@@ -180,7 +180,7 @@ def save(result: dict, args, out: Path) -> None:
     state = {f"model.diffusion_model.{k}": v.detach().contiguous() for k, v in result["net"].state_dict().items()}
     state["vista_world.prompt_tokens"] = result["tokens"].contiguous()
     meta = {"vista": "world_denoiser", "unet_config": json.dumps(WORLD_UNET_CONFIG), "classes": "day,dusk,night,empty", "prediction": "v",
-            "latent": "core.world.encode_latent (4x4 block means)", "window_px": str(WINDOW), "seed": str(args.seed),
+            "latent": "bench.evaluation.world.encode_latent (4x4 block means)", "window_px": str(WINDOW), "seed": str(args.seed),
             "steps": str(args.steps), "batch": str(args.batch), "lr": str(args.lr), "ema": str(args.ema),
             "cfg_dropout": str(args.cfg_dropout), "threads": str(args.threads), "eval_mse": f"{result['eval_mse']:.6f}",
             "train_seconds": f"{result['seconds']:.0f}", "repro_tolerance": str(REPRO_TOLERANCE)}

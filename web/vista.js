@@ -3,7 +3,7 @@
 // The preview is a canvas-drawn widget (serialize: false, so workflows and prompts are unchanged). It reads the
 // canvas size from the latent the sampler gets (EmptyLatentImage-like nodes with width/height widgets, followed
 // upstream through the graph), else shows a preview size. The plan is web/vista_grid.js, a line-by-line mirror of
-// core/windows.py. The drawn state is kept on node.vistaGrid for tests.
+// core/canvas/windows.py. The drawn state is kept on node.vistaGrid for tests.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import {

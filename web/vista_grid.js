@@ -1,4 +1,4 @@
-// Vista: the window geometry of core/windows.py (and its users) in the browser, for the node previews.
+// Vista: the window geometry of core/canvas/windows.py (and its users) in the browser, for the node previews.
 // Pure functions, no DOM and no ComfyUI imports. Sizes are latent px unless a name says px.
 // Every function mirrors a Python function named in its comment; tests/browser compares them on the host.
 
@@ -7,7 +7,7 @@ export const PREVIEW_CANVAS_PX = [2048, 512]; // canvas shown when no latent siz
 export const STRIDE_MIN_PX = 8; // nodes/_common.py STRIDE_MIN_PX
 export const WINDOW_PX = [64, 16384]; // nodes/_common.py WINDOW_PX
 
-/** core/windows.py axis_offsets: window start offsets along one axis that cover 0..size-1. */
+/** core/canvas/windows.py axis_offsets: window start offsets along one axis that cover 0..size-1. */
 export function axisOffsets(size, window, stride, wrap = false, align = 1) {
   if (window < 1) throw new RangeError(`window must be >= 1 latent px, got ${window}`);
   if (window > size) throw new RangeError(`window (${window} latent px) must not be larger than the canvas (${size} latent px)`);
@@ -22,7 +22,7 @@ export function axisOffsets(size, window, stride, wrap = false, align = 1) {
   return offsets;
 }
 
-/** core/windows.py plan_windows: windows {y, x, h, w} in row-major order (x + w may pass the width when wrapped). */
+/** core/canvas/windows.py plan_windows: windows {y, x, h, w} in row-major order (x + w may pass the width when wrapped). */
 export function planWindows(height, width, windowH, windowW, strideH, strideW, wrapX = false, align = 1) {
   const ys = axisOffsets(height, windowH, strideH, false, align);
   const xs = axisOffsets(width, windowW, strideW, wrapX, align);
@@ -71,7 +71,7 @@ export function specNotices(spec, height, width, align = 1, reason = "", factor 
   return out;
 }
 
-/** core/syncdiffusion.py anchor_window: index of the window whose centre is nearest the canvas centre. */
+/** core/guidance/syncdiffusion.py anchor_window: index of the window whose centre is nearest the canvas centre. */
 export function anchorWindow(windows, height, width) {
   const cy = (height - 1) / 2;
   const cx = (width - 1) / 2;
@@ -85,7 +85,7 @@ export function anchorWindow(windows, height, width) {
 }
 
 /**
- * core/msd.py level_plans: per level k the canvas H/2^k x W/2^k and its windows (same window and stride;
+ * core/guidance/msd.py level_plans: per level k the canvas H/2^k x W/2^k and its windows (same window and stride;
  * offsets even on every level but the lowest). Throws like level_plans when a level cannot hold a window.
  */
 export function msdLevels(height, width, windowHW, strideHW, levels, wrapX = false) {

@@ -2,7 +2,7 @@
 
 Against a real ComfyUI (``COMFYUI_PATH``) serving its own ``comfyui-frontend-package``:
 
-- web/vista_grid.js plans exactly the windows of core/windows.py (random sizes, evaluated in the browser);
+- web/vista_grid.js plans exactly the windows of core/canvas/windows.py (random sizes, evaluated in the browser);
 - every ``workflows/*.json`` loads with every node type registered, no node in error, no two nodes (or a node
   and a node's badge) overlapping, and a window grid / zoom preview on every Vista window node that matches
   core's plan for the workflow's canvas (screenshot per workflow);
@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 import comfy_server
-from vista.core.windows import plan_windows
+from vista.core.canvas.windows import plan_windows
 
 pytestmark = [pytest.mark.host, pytest.mark.browser]
 
@@ -146,7 +146,7 @@ def no_extension_errors(page):
 
 
 def test_grid_planner_matches_core(page):
-    """web/vista_grid.js planWindows == core/windows.py plan_windows on random canvases (wrap, align, edges)."""
+    """web/vista_grid.js planWindows == core/canvas/windows.py plan_windows on random canvases (wrap, align, edges)."""
     rng = random.Random(1234)
     cases = []
     for _ in range(400):

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from vista.core.attention_merge import MadLayout, mad_attention_patch
-from vista.core.fusion import accumulate_fusion, finish_variance_corrected, fusion_sums
-from vista.core.multidiffusion import multidiffusion_predict
-from vista.core.windows import WEIGHT_MODES, crop_windows, plan_windows, total_weight, weight_map, window_weights
+from vista.core.mad.attention_merge import MadLayout, mad_attention_patch
+from vista.core.fusion.fuse import accumulate_fusion, finish_variance_corrected, fusion_sums
+from vista.core.canvas.multidiffusion import multidiffusion_predict
+from vista.core.canvas.windows import WEIGHT_MODES, crop_windows, plan_windows, total_weight, weight_map, window_weights
 
 HALF = [torch.float16, torch.bfloat16]
 

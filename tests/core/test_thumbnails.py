@@ -2,7 +2,7 @@
 
 The template browser of both supported frontends loads ``workflows/<name>.jpg`` as the card image of
 ``workflows/<name>.json``. The thumbnails are drawings of what each workflow sets up (its canvas and window
-plan from core/windows.py, or its nested zoom levels), so a workflow edit that changes the layout must come
+plan from core/canvas/windows.py, or its nested zoom levels), so a workflow edit that changes the layout must come
 with a redraw: ``python tools/draw_thumbnails.py``.
 """
 from __future__ import annotations
@@ -100,9 +100,9 @@ def test_a_changed_layout_is_caught(path):
 
 @pytest.mark.parametrize("path", [p for p in WORKFLOWS if draw.nodes_of(load(p), *draw.WINDOWED_NODES)], ids=lambda p: p.stem)
 def test_panorama_plan_is_the_core_plan(path):
-    """The drawn plan is core.windows.plan_windows of the node's widgets (px / 8, window clamped) and covers
+    """The drawn plan is core.canvas.windows.plan_windows of the node's widgets (px / 8, window clamped) and covers
     every latent pixel."""
-    from vista.core.windows import plan_windows
+    from vista.core.canvas.windows import plan_windows
 
     workflow = load(path)
     plan = draw.panorama(workflow)

@@ -170,7 +170,7 @@ class TestLatentFusionSampler:
         the next step. Tolerance 0.1 on the variance ratio (16 channels x 32 rows x 16 columns = 8192 values per
         region, standard error sqrt(2/8192) = 1.6 %). The SD-form step (the code before this change) gives
         sigma_up^2 / renoise^2 instead, printed."""
-        from vista.core.flow_matching import rf_step, ve_step
+        from vista.core.sampling.flow_matching import rf_step, ve_step
 
         name, model, pos, neg = family
         sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", 4).cpu()[:3]
@@ -206,7 +206,7 @@ def rf_sampler_with_vista_noise(comfy, seed, shape):
     """The host's own ``euler_ancestral`` SAMPLER (``comfy.samplers.ksampler``, what ``sampler_object`` returns), whose
     noise_sampler draws ``shape`` normals from Vista's step stream for ``seed`` (CPU): the draws Vista's one-window
     sampler makes, so both add the same noise."""
-    from vista.core.noise_streams import step_generator
+    from vista.core.sampling.noise_streams import step_generator
 
     generator = step_generator(seed)
     return comfy.samplers.ksampler("euler_ancestral", {"noise_sampler": lambda sigma, sigma_next: torch.randn(shape, generator=generator)})
@@ -264,7 +264,7 @@ class TestZoomStackSampler:
     """The zoom stack sampler on Flux (16 channels, CONST): RF steps with zoom-consistent noise."""
 
     def zoom_sample(self, comfy, model, pos, neg, levels, eta, noise=None, sampler=None, steps=2):
-        from vista.core.zoom import ZoomSettings
+        from vista.core.zoom.stack import ZoomSettings
         from vista.nodes.zoom_sampling import ZoomNoise, ZoomStackSampler
 
         settings = ZoomSettings(2, levels)

@@ -117,7 +117,7 @@ class TestCanvasBudget:
     """nodes/budget.py against the real host: UNet levels, the estimate vs measured activations, refuse/warn."""
 
     def test_unet_geometry(self, host):
-        from vista.core.budget import UNetGeometry
+        from vista.core.canvas.budget import UNetGeometry
         from vista.nodes.budget import unet_geometry
 
         _, _, _, model, *_ = host
@@ -130,7 +130,7 @@ class TestCanvasBudget:
     def test_estimate_matches_the_measured_window_activations(self, host):
         """Per extra window in one model call, the estimate is within -10 %…+20 % of the live-tensor peak measured
         on the host's network (4 vs 8 disjoint 256 px windows in one call, one conditioning)."""
-        from vista.core.budget import unet_window_elements
+        from vista.core.canvas.budget import unet_window_elements
         from vista.nodes.budget import unet_geometry
 
         comfy, tiled_node, _, model, pos, neg = host
@@ -149,7 +149,7 @@ class TestCanvasBudget:
         assert 0.9 * measured <= estimate <= 1.2 * measured, (estimate, measured)
 
     def check(self, model, size, mad_active, batch=4):
-        from vista.core.windows import plan_windows
+        from vista.core.canvas.windows import plan_windows
         from vista.nodes.budget import check_canvas_budget
 
         windows = plan_windows(size, size, 64, 64, 16, 16)

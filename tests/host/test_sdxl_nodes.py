@@ -100,13 +100,13 @@ class TestSDXLFamilyModel:
 
 
 class TestSizeConditioning:
-    """Per-window SDXL micro-conditioning (core/micro_conditioning.py) on both routes."""
+    """Per-window SDXL micro-conditioning (core/canvas/micro_conditioning.py) on both routes."""
 
     def test_embedding_is_the_hosts_encode_adm(self, host):
         """Bit-identical to ComfyUI's own SDXL.encode_adm, for the canvas default and for explicit sizes."""
         comfy, nodes, model, pos, neg = host
-        from vista.core.micro_conditioning import size_embedding, window_size_conditioning
-        from vista.core.windows import Window
+        from vista.core.canvas.micro_conditioning import size_embedding, window_size_conditioning
+        from vista.core.canvas.windows import Window
 
         pooled = pos[0][1]["pooled_output"]
         canvas = model.model.encode_adm(pooled_output=pooled, width=512, height=256)
@@ -265,7 +265,7 @@ class TestStyleAlignmentSDXL:
     def test_panorama_with_latent_fusion(self, host):
         """Style-aligned noise (128 px tiles = 16 latent px on SDXL's factor 8) feeding a latent-fusion panorama."""
         comfy, nodes, model, pos, neg = host
-        from vista.core.style_alignment import style_align_noise
+        from vista.core.fusion.style_alignment import style_align_noise
 
         latent = {"samples": torch.zeros(1, 4, 16, 32)}
         noise_obj = nodes["style"].execute(model, noise_seed=11, window_width=128, window_height=128, alpha=0.4,
@@ -365,7 +365,7 @@ class TestZoomSDXL:
     def test_stack_on_sdxl(self, host):
         """A 3-level stack (eta 1): finite, render-consistent, each level's pooled prompt in its own y row."""
         comfy, nodes, model, pos, neg = host
-        from vista.core.zoom import area_down, center_crop
+        from vista.core.zoom.stack import area_down, center_crop
 
         out, _, positive, calls = self.stack(3, record=True)
         assert out.shape == (3, 4, 16, 16) and torch.isfinite(out).all()

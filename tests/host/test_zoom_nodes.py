@@ -15,7 +15,7 @@ PROMPTS = "a spiral galaxy\na solar system\na blue planet\na city at night"
 @pytest.fixture(scope="module")
 def host():
     comfy = import_host()
-    from vista.core import zoom as core_zoom
+    from vista.core.zoom import stack as core_zoom
     from vista.nodes import zoom as nodes
 
     model, clip, vae = load_checkpoint()
@@ -356,7 +356,7 @@ class TestZoomComposite:
     def test_seams_and_switches_on_decoded_levels(self, host, text_stack):
         """Issue [R] 11, measured on the test checkpoint's decoded levels (bench/zoom_seams.py prints the same)."""
         comfy, nodes, core_zoom, *_ = host
-        from vista.core.zoom_metrics import seam_ratio, source_levels, switch_jump_ratio
+        from vista.bench.evaluation.zoom_metrics import seam_ratio, source_levels, switch_jump_ratio
 
         _, images, _ = text_stack
         zoom, feather, fpl = settings(nodes), 8, 6

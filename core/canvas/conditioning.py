@@ -1,0 +1,66 @@
+"""Per-window model-call arguments: crop what is spatial, repeat what is per sample.
+
+Everything spatial that a window sees must be cropped with it (DESIGN.md): ``c_concat``
+(inpainting/instruct models), masks and ControlNet residuals, which arrive canvas-sized in
+the model call. Per-sample tensors (prompt embeddings, pooled vectors, timesteps) are
+repeated for every window, window-major (the order of :func:`~core.canvas.windows.crop_windows`).
+SDXL's ``y`` can also be told each window's crop offset and size
+(:func:`~core.canvas.micro_conditioning.window_size_conditioning`).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .micro_conditioning import window_size_conditioning
+from .windows import Window, crop_windows, grid_scale, repeat_for_windows
+
+__all__ = ["feature_scale", "window_call_kwargs"]
+
+
+def feature_scale(canvas_hw: Sequence[int], feature_hw: Sequence[int]) -> int:
+    """Downscale of a feature map relative to the latent, e.g. a UNet block's ControlNet residual.
+
+    The UNet's stride-2 convolutions round up level by level, so level ``l`` of an ``H``-row
+    latent has ``ceil(H / 2^l)`` rows (:func:`~core.canvas.windows.grid_scale`).
+
+    >>> feature_scale((64, 64), (16, 16)), feature_scale((65, 64), (9, 8)), feature_scale((8, 8), (8, 8))
+    (4, 8, 1)
+    """
+    return grid_scale(tuple(canvas_hw), tuple(feature_hw))
+
+
+def window_call_kwargs(c: dict, canvas_hw: Sequence[int], windows: Sequence[Window],
+                       size_factor: int | None = None) -> dict:
+    """The keyword arguments of a canvas model call, rewritten for a batch of windows.
+
+    Args:
+        c: keyword arguments of the call (``c_crossattn``, ``c_concat``, ``y``, ``control``,
+            ``transformer_options``, …). ``control`` is ``{block: [residual | None, …]}`` with
+            residuals ``(B, C, H_s, W_s)`` at each UNet block's scale.
+        canvas_hw: ``(H, W)`` of the canvas latent.
+        windows: the ``n`` windows of this call.
+        size_factor: image px per latent px when ``y`` is SDXL's vector and each window should be
+            told its own crop offset and size (SDXL micro-conditioning); None repeats ``y`` as is.
+
+    Returns:
+        A new dict: ``(B, C, H, W)`` tensors cropped to ``(n·B, C, h, w)``, residuals cropped at
+        their block scale, other tensors with a batch dim repeated to ``n·B`` (window-major),
+        ``y`` per window with ``size_factor``, everything else passed through unchanged.
+    """
+    windows = tuple(windows)
+    out = {}
+    for key, value in c.items():
+        if key == "control" and value is not None:
+            out[key] = {block: [None if t is None else crop_windows(t, windows, feature_scale(canvas_hw, t.shape[-2:]))
+                                for t in residuals] for block, residuals in value.items()}
+        elif isinstance(value, torch.Tensor) and value.ndim == 4 and tuple(value.shape[-2:]) == tuple(canvas_hw):
+            out[key] = crop_windows(value, windows)
+        elif isinstance(value, torch.Tensor) and value.ndim >= 1:
+            out[key] = repeat_for_windows(value, len(windows))
+        else:
+            out[key] = value
+    if size_factor is not None and isinstance(out.get("y"), torch.Tensor):
+        out["y"] = window_size_conditioning(out["y"], windows, size_factor)
+    return out

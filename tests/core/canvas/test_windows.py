@@ -1,0 +1,190 @@
+"""core/canvas/windows.py: window plans cover every pixel; weights; crop/fuse identities; wrap."""
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vista.core.checks import VistaInputError
+from vista.core.canvas.windows import (
+    Window,
+    axis_offsets,
+    crop_windows,
+    fuse_windows,
+    plan_windows,
+    repeat_for_windows,
+    scale_window,
+    total_weight,
+    weight_map,
+    window_weights,
+)
+
+
+def coverage(windows, height, width):
+    count = torch.zeros(height, width, dtype=torch.int64)
+    for w in windows:
+        count[w.y : w.y + w.h, torch.tensor(w.columns(width))] += 1
+    return count
+
+
+@st.composite
+def plans(draw):
+    window_h = draw(st.integers(1, 24))
+    window_w = draw(st.integers(1, 24))
+    height = draw(st.integers(window_h, 80))
+    width = draw(st.integers(window_w, 80))
+    stride_h = draw(st.integers(1, window_h))
+    stride_w = draw(st.integers(1, window_w))
+    return height, width, window_h, window_w, stride_h, stride_w, draw(st.booleans()), draw(st.sampled_from([1, 2, 4]))
+
+
+class TestAxisOffsets:
+    def test_smoke(self):
+        assert axis_offsets(64, 64, 8) == [0]
+        assert axis_offsets(256, 64, 16)[-1] == 192
+
+    def test_stride_not_dividing_covers_far_edge(self):
+        offsets = axis_offsets(100, 64, 16)
+        assert offsets == [0, 16, 32, 36]
+
+    def test_wrap_is_circular(self):
+        assert axis_offsets(100, 64, 16, wrap=True) == [0, 16, 32, 48, 64, 80, 96]
+
+    def test_align_snaps_offsets(self):
+        assert all(o % 8 == 0 for o in axis_offsets(256, 64, 20, align=8))
+
+    @pytest.mark.parametrize(
+        "args, match",
+        [((10, 12, 4), "larger than the canvas"), ((10, 4, 0), "stride"), ((10, 4, 5), "stride"),
+         ((10, 0, 1), "window must be"), ((10, 4, 2, False, 0), "align"), ((16, 4, 3, False, 8), "rounded")],
+    )
+    def test_exception(self, args, match):
+        with pytest.raises(VistaInputError, match=match):
+            axis_offsets(*args)
+
+
+class TestPlanWindows:
+    @settings(max_examples=300, deadline=None)
+    @given(plans())
+    def test_covers_every_pixel(self, plan):
+        height, width, wh, ww, sh, sw, wrap, align = plan
+        if max(align, sh // align * align) > wh or max(align, sw // align * align) > ww:
+            with pytest.raises(VistaInputError):
+                plan_windows(height, width, wh, ww, sh, sw, wrap, align)
+            return
+        windows = plan_windows(height, width, wh, ww, sh, sw, wrap, align)
+        assert coverage(windows, height, width).min() >= 1
+        assert all(w.y + w.h <= height and (wrap or w.x + w.w <= width) for w in windows)
+
+    def test_window_equals_canvas_is_one_window(self):
+        assert plan_windows(64, 64, 64, 64, 8, 8) == (Window(0, 0, 64, 64),)
+
+    def test_panorama_count(self):
+        # 512x2048 px on SD1.5 = 64x256 latent, window 64, stride 16 (SyncDiffusion/MAD): 13 windows
+        assert len(plan_windows(64, 256, 64, 64, 16, 16)) == 13
+
+    def test_wrap_windows_run_past_edge(self):
+        windows = plan_windows(8, 20, 8, 8, 8, 8, wrap_x=True)
+        assert windows[-1].wraps(20) and windows[-1].columns(20) == [16, 17, 18, 19, 0, 1, 2, 3]
+
+
+class TestWeightMap:
+    @pytest.mark.parametrize("mode", ["uniform", "gaussian", "guided"])
+    def test_positive_max_one(self, mode):
+        w = weight_map(17, 32, mode)
+        assert w.shape == (17, 32) and w.min() > 0 and w.max() == 1
+
+    def test_guided_is_one_at_centre_and_floor_at_corners(self):
+        w = weight_map(65, 65, "guided", dtype=torch.float64)
+        assert w[32, 32] == 1 and w[0, 0] == pytest.approx(0.01) and w[32, 0] == pytest.approx(1 - 1 / math.sqrt(2))
+
+    def test_guided_linear_along_diagonal(self):
+        w = weight_map(65, 65, "guided", dtype=torch.float64)
+        diag = torch.stack([w[i, i] for i in range(32, 65)])
+        steps = diag[:-1] - diag[1:]
+        assert torch.allclose(steps[:-1], steps[0].expand(len(steps) - 1), atol=1e-9)
+
+    def test_exception(self):
+        with pytest.raises(VistaInputError, match="weight mode"):
+            weight_map(4, 4, "cone")
+
+
+class TestWindowWeights:
+    def test_shape(self):
+        assert window_weights(plan_windows(8, 16, 8, 8, 4, 4), "gaussian").shape == (3, 1, 8, 8)
+
+    def test_exception_empty(self):
+        with pytest.raises(VistaInputError, match="empty"):
+            window_weights(())
+
+    def test_exception_mixed_sizes(self):
+        with pytest.raises(VistaInputError, match="same size"):
+            window_weights((Window(0, 0, 4, 4), Window(0, 0, 4, 8)))
+
+    @settings(max_examples=200, deadline=None)
+    @given(plans(), st.sampled_from(["uniform", "gaussian", "guided"]))
+    def test_total_weight_never_zero(self, plan, mode):
+        height, width, wh, ww, sh, sw, wrap, _ = plan
+        windows = plan_windows(height, width, wh, ww, sh, sw, wrap)
+        den = total_weight(windows, window_weights(windows, mode, dtype=torch.float64), height, width)
+        assert den.min() > 0
+
+
+class TestCropWindows:
+    def test_window_major_order(self):
+        """Batch index n·B + b, the order in which ComfyUI tiles a batch of prompts over a larger batch."""
+        x = torch.arange(2 * 1 * 4 * 8, dtype=torch.float32).reshape(2, 1, 4, 8)
+        windows = plan_windows(4, 8, 4, 4, 4, 4)
+        crops = crop_windows(x, windows)
+        assert torch.equal(crops[1], x[1, :, :, :4]) and torch.equal(crops[2], x[0, :, :, 4:])
+
+    def test_wrap_crop(self):
+        x = torch.arange(10.0).reshape(1, 1, 1, 10)
+        crops = crop_windows(x, (Window(0, 8, 1, 4),))
+        assert crops.flatten().tolist() == [8.0, 9.0, 0.0, 1.0]
+
+    def test_scaled_crop(self):
+        x = torch.randn(1, 3, 4, 10)  # a block grid at 1/4 of a 16x40 latent
+        crops = crop_windows(x, (Window(0, 16, 16, 16),), scale=4)
+        assert torch.equal(crops[0], x[0, :, :, 4:8])
+
+    def test_exception_shape(self):
+        with pytest.raises(VistaInputError, match="shape"):
+            crop_windows(torch.zeros(4, 4), (Window(0, 0, 2, 2),))
+
+
+class TestScaleWindow:
+    def test_clamped_to_grid(self):
+        assert scale_window(Window(8, 0, 9, 9), 2, 8, 8) == Window(3, 0, 5, 5)
+
+
+class TestRepeatForWindows:
+    def test_window_major(self):
+        t = torch.tensor([[1.0], [2.0]])
+        assert repeat_for_windows(t, 2).flatten().tolist() == [1.0, 2.0, 1.0, 2.0]
+
+
+class TestFuseWindows:
+    @pytest.mark.parametrize("mode", ["uniform", "gaussian", "guided"])
+    @pytest.mark.parametrize("wrap", [False, True])
+    def test_identical_predictions_return_prediction(self, mode, wrap):
+        """Crops of one canvas, fused, give back the canvas (any weights, wrap or not)."""
+        x = torch.randn(2, 4, 24, 40, dtype=torch.float64)
+        windows = plan_windows(24, 40, 16, 16, 5, 7, wrap_x=wrap)
+        weights = window_weights(windows, mode, dtype=torch.float64)
+        fused = fuse_windows(crop_windows(x, windows), windows, weights, total_weight(windows, weights, 24, 40))
+        torch.testing.assert_close(fused, x)
+
+    def test_sixteen_channel_latents(self):
+        x = torch.randn(1, 16, 16, 48)
+        windows = plan_windows(16, 48, 16, 16, 8, 8)
+        weights = window_weights(windows)
+        fused = fuse_windows(crop_windows(x, windows), windows, weights, total_weight(windows, weights, 16, 48))
+        torch.testing.assert_close(fused, x)
+
+    def test_exception_batch(self):
+        windows = plan_windows(4, 8, 4, 4, 4, 4)
+        weights = window_weights(windows)
+        with pytest.raises(VistaInputError, match="multiple"):
+            fuse_windows(torch.zeros(3, 1, 4, 4), windows, weights, total_weight(windows, weights, 4, 8))
