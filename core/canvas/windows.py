@@ -143,9 +143,11 @@ def weight_map(h: int, w: int, mode: WeightMode = "uniform", *, dtype=torch.floa
         linearly with the distance to 0 at the corners, floored at ``GUIDED_FLOOR`` so that
         no canvas pixel ends with zero total weight.
 
-    Convention: computed in float64 on the CPU and moved once (some devices, e.g. Apple MPS,
-    have no float64). Keep weights in float32 (the default): the ``gaussian`` corners are
-    ~exp(-25) ≈ 1e-11, which underflows to 0 in float16.
+    Convention: computed in float64 on the CPU, cast to ``dtype`` there and moved once (some
+    devices, e.g. Apple MPS, have no float64). Keep weights in float32 (the default): the
+    ``gaussian`` corners are ~exp(-25) ≈ 1e-11, which underflows to 0 in float16, and a
+    ``dtype`` in which any weight becomes 0 is refused (a zero weight would silently drop that
+    pixel of the window from the fusion).
 
     Shape: ``(h, w)``.
 
@@ -166,14 +168,19 @@ def weight_map(h: int, w: int, mode: WeightMode = "uniform", *, dtype=torch.floa
         dist = torch.sqrt(ys[:, None] ** 2 + xs[None, :] ** 2)
         corner = math.hypot((h - 1) / 2, (w - 1) / 2) or 1.0
         out = (1 - dist / corner).clamp_min(GUIDED_FLOOR)
-    return (out / out.max()).to(dtype=dtype).to(device=device)
+    out = (out / out.max()).to(dtype=dtype)
+    zeros = int((out <= 0).sum())
+    check(zeros == 0, f"{mode} weights of a {h}x{w} window underflow to 0 in {dtype} at {zeros} of {h * w} pixels; "
+                      f"ask for float32 (the default) or float64: fusion sums in float32 whatever the latent's dtype")
+    return out.to(device=device)
 
 
 def window_weights(windows: tuple[Window, ...], mode: WeightMode = "uniform", *, dtype=torch.float32, device=None) -> torch.Tensor:
     """Weight maps of all windows, ``(N, 1, h, w)`` (windows of one plan share a size).
 
     Keep them float32 whatever the latent's dtype (see :func:`weight_map`); fusion sums in
-    float32 and casts only its result.
+    float32 and casts only its result. A ``dtype`` in which a weight underflows to 0 (``gaussian``
+    in float16) is refused.
     """
     check(len(windows) > 0, "windows must not be empty")
     h, w = windows[0].h, windows[0].w

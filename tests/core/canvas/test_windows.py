@@ -109,6 +109,21 @@ class TestWeightMap:
         with pytest.raises(VistaInputError, match="weight mode"):
             weight_map(4, 4, "cone")
 
+    def test_underflow_to_zero_refused(self):
+        """Issue [H] 16: gaussian corners (~exp(-25)) underflow to 0 in float16; refused, never returned as 0."""
+        with pytest.raises(VistaInputError, match=r"gaussian weights of a 192x192 window underflow to 0 in "
+                                                  r"torch.float16 at \d+ of 36864 pixels.*float32"):
+            weight_map(192, 192, "gaussian", dtype=torch.float16)
+
+    @pytest.mark.parametrize("mode, dtype", [("uniform", torch.float16), ("guided", torch.float16),
+                                             ("gaussian", torch.bfloat16), ("gaussian", torch.float32)])
+    def test_low_precision_kept_where_nothing_underflows(self, mode, dtype):
+        """float16 holds uniform and guided weights (floor 0.01), bfloat16 the gaussian's 1e-11: the cast of the
+        float64 map, every weight positive."""
+        w = weight_map(192, 192, mode, dtype=dtype)
+        assert w.dtype == dtype and w.min() > 0
+        assert torch.equal(w, weight_map(192, 192, mode, dtype=torch.float64).to(dtype))
+
 
 class TestWindowWeights:
     def test_shape(self):
@@ -121,6 +136,11 @@ class TestWindowWeights:
     def test_exception_mixed_sizes(self):
         with pytest.raises(VistaInputError, match="same size"):
             window_weights((Window(0, 0, 4, 4), Window(0, 0, 4, 8)))
+
+    def test_exception_float16_gaussian_underflow(self):
+        """Issue [H] 16: used to return 2240 zero weights of 36864 (a 192x192 window) without a word."""
+        with pytest.raises(VistaInputError, match="underflow to 0 in torch.float16"):
+            window_weights(plan_windows(192, 192, 192, 192, 192, 192), "gaussian", dtype=torch.float16)
 
     @settings(max_examples=200, deadline=None)
     @given(plans(), st.sampled_from(["uniform", "gaussian", "guided"]))
