@@ -13,7 +13,8 @@ import torch
 
 from ..core.mad.attention_merge import MAD_LAYOUT_KEY, MAD_TAU_KEY, MadLayout
 from ..core.checks import VistaInputError
-from ..core.canvas.windows import WEIGHT_MODES, Window, plan_windows, window_weights
+from ..core.canvas.windows import (WEIGHT_MODES, Window, grid_canvas_sizes, off_grid_axes, plan_windows,
+                                   window_weights)
 from .notify import warn_user
 
 
@@ -230,6 +231,37 @@ class WindowSpec:
                            f"{align * f} px to silence this)")
         return out
 
+    def grid_error(self, height: int, width: int, windows: tuple[Window, ...], align: int, reason: str) -> str | None:
+        """Why this canvas's plan is off the ``align`` grid that ``reason`` needs (None when it is on it).
+
+        Offsets step on the grid, but the last window of an axis starts at ``size − window``; off the grid,
+        MAD's merged tokens and ControlNet's residual crops could only be placed at a rounded position
+        (``core.canvas.windows.off_grid_axes``), so the canvas is refused with the nearest sizes that work.
+        """
+        axes = off_grid_axes(windows, (height, width), align)
+        if not axes:
+            return None
+        f, grid = self.factor, align * self.factor
+        where, fixes = [], []
+        for wname, _, _, _, size, side in self._axes(height, width):
+            if side not in axes:
+                continue
+            window, wrap = (windows[0].h, False) if side == "height" else (windows[0].w, self.wrap_x)
+            sizes = " or ".join(f"{n * f}" for n in grid_canvas_sizes(size, window, align, wrap))
+            adjective = "high" if side == "height" else "wide"
+            if wrap:
+                where.append(f"with wrap_x the windows that wrap past the right edge continue off it (the width "
+                             f"{size * f} px is not a multiple of {grid} px)")
+                fixes.append(f"{sizes} px {adjective} (a multiple of {grid} px)")
+            else:
+                where.append(f"the last {window * f} px window starts at {'y' if side == 'height' else 'x'} = "
+                             f"{(size - window) * f} px, off it")
+                fixes.append(f"{sizes} px {adjective} ({wname} {window * f} px + a multiple of {grid} px), or change "
+                             f"{wname} so that the {side} minus it is a multiple of {grid} px")
+        return (f"{self.node}: {reason} needs every window on the {grid} px grid, but on this {width * f}x{height * f} px "
+                f"canvas ({width}x{height} latent px) {' and '.join(where)}, so {reason} could only be applied there at a "
+                f"rounded position. Make the latent {'; and '.join(fixes)}.")
+
 
 @dataclass(frozen=True)
 class CanvasPlan:
@@ -254,9 +286,12 @@ class PlanCache:
     def get(self, canvas_hw: tuple[int, int], align: int, device, reason: str = "") -> CanvasPlan:
         key = (tuple(canvas_hw), align, str(device))
         if key not in self.plans:
+            windows = self.spec.plan(*canvas_hw, align)
+            off_grid = self.spec.grid_error(*canvas_hw, windows, align, reason or "this run") if align > 1 else None
+            if off_grid:
+                raise ValueError(off_grid)
             for message in self.spec.notices(*canvas_hw, align, reason):
                 warn_user(self.spec.node, message)
-            windows = self.spec.plan(*canvas_hw, align)
             try:
                 weights = window_weights(windows, self.weight_mode, device=device)
             except VistaInputError as e:
@@ -296,10 +331,13 @@ def window_inputs(weight_default: str, batch_note: str = "") -> list:
                              "overlap, smoother, slower (128 px = 16 latent px, as in SyncDiffusion/MAD). Used exactly, "
                              "except when ControlNet or a Vista MAD patch needs window offsets on the UNet's grid "
                              "(64 px on SD1.x/2.x, 32 px on SDXL): then it is rounded down to a multiple of that, with "
-                             "a warning. On SDXL with 1024 px windows, 256 px keeps this overlap ratio."),
+                             "a warning, and the canvas must fit that grid too (canvas width minus window_width a "
+                             "multiple of it; with wrap_x the width itself), else the run is refused naming the nearest "
+                             "sizes that do. On SDXL with 1024 px windows, 256 px keeps this overlap ratio."),
         io.Int.Input("stride_y", default=128, min=STRIDE_MIN_PX, max=WINDOW_PX[1], step=8,
                      tooltip="Vertical step between windows in image pixels; at most window_height. Rounded like "
-                             "stride_x when ControlNet or MAD needs the UNet grid."),
+                             "stride_x when ControlNet or MAD needs the UNet grid (canvas height minus window_height "
+                             "must then be a multiple of it too)."),
         io.Combo.Input("weight_mode", options=list(WEIGHT_MODES), default=weight_default,
                        tooltip="How overlapping windows are averaged: " + "; ".join(WEIGHT_TOOLTIPS[m] for m in modes) + "."),
         io.Boolean.Input("wrap_x", default=False,

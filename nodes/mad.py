@@ -72,8 +72,10 @@ class VistaMADAttention(io.ComfyNode):
                 "Chain it with Vista Tiled Diffusion (or use it with the Vista Latent Fusion Sampler); alone it changes "
                 "nothing. While active, all windows of a step are denoised in one call, so memory grows with the number "
                 "of windows: a canvas whose window batch cannot fit in free memory is refused, with the estimate, before "
-                "the network runs; merged self-attention time grows quadratically with the canvas. Windows, strides "
-                "and the canvas should be multiples of 64 px on SD1.5. "
+                "the network runs; merged self-attention time grows quadratically with the canvas. Window offsets must "
+                "lie on the UNet's grid (64 px on SD1.x/2.x, 32 px on SDXL): strides are rounded down to it, and a "
+                "canvas whose last window would start off it (canvas minus window not a multiple of the grid; with "
+                "wrap_x, a width that is not) is refused with the nearest sizes that work. "
                 "UNet models only (SD1.x/2.x/SDXL): DiT models (SD3, Flux) are refused."
             ),
             inputs=[

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 
 from .micro_conditioning import window_size_conditioning
-from .windows import Window, crop_windows, grid_scale, repeat_for_windows
+from .windows import Window, check_on_grid, crop_windows, grid_scale, repeat_for_windows
 
 __all__ = ["feature_scale", "window_call_kwargs"]
 
@@ -29,6 +29,13 @@ def feature_scale(canvas_hw: Sequence[int], feature_hw: Sequence[int]) -> int:
     (4, 8, 1)
     """
     return grid_scale(tuple(canvas_hw), tuple(feature_hw))
+
+
+def _crop_residual(t: torch.Tensor, canvas_hw: Sequence[int], windows: tuple[Window, ...]) -> torch.Tensor:
+    """A ControlNet residual ``(B, C, H_s, W_s)`` cropped per window at its block scale, exactly or not at all."""
+    scale = feature_scale(canvas_hw, t.shape[-2:])
+    check_on_grid(windows, tuple(canvas_hw), scale, "ControlNet residual crops")
+    return crop_windows(t, windows, scale)
 
 
 def window_call_kwargs(c: dict, canvas_hw: Sequence[int], windows: Sequence[Window],
@@ -48,13 +55,16 @@ def window_call_kwargs(c: dict, canvas_hw: Sequence[int], windows: Sequence[Wind
         A new dict: ``(B, C, H, W)`` tensors cropped to ``(n·B, C, h, w)``, residuals cropped at
         their block scale, other tensors with a batch dim repeated to ``n·B`` (window-major),
         ``y`` per window with ``size_factor``, everything else passed through unchanged.
+
+    Raises if a window is off a residual's block grid (:func:`~core.canvas.windows.check_on_grid`):
+    its crop could only be taken a rounded position away from where the window lies.
     """
     windows = tuple(windows)
     out = {}
     for key, value in c.items():
         if key == "control" and value is not None:
-            out[key] = {block: [None if t is None else crop_windows(t, windows, feature_scale(canvas_hw, t.shape[-2:]))
-                                for t in residuals] for block, residuals in value.items()}
+            out[key] = {block: [None if t is None else _crop_residual(t, canvas_hw, windows) for t in residuals]
+                        for block, residuals in value.items()}
         elif isinstance(value, torch.Tensor) and value.ndim == 4 and tuple(value.shape[-2:]) == tuple(canvas_hw):
             out[key] = crop_windows(value, windows)
         elif isinstance(value, torch.Tensor) and value.ndim >= 1:

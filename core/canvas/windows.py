@@ -34,6 +34,9 @@ __all__ = [
     "repeat_for_windows",
     "grid_scale",
     "scale_window",
+    "off_grid_axes",
+    "check_on_grid",
+    "grid_canvas_sizes",
     "accumulate_windows",
     "fuse_windows",
 ]
@@ -267,6 +270,8 @@ def scale_window(win: Window, scale: int, H: int, W: int) -> Window:
 
     Convention: offsets are rounded, sizes are ceil-divided and clamped to the grid, so a
     grid made by stride-2 convolutions (ceil) lines up when offsets are multiples of ``scale``.
+    An offset that is not lies between two grid cells and is rounded: callers that place
+    features (MAD's tokens, ControlNet residuals) refuse such windows first (:func:`check_on_grid`).
 
     >>> scale_window(Window(0, 16, 64, 64), 4, 16, 40)
     Window(y=0, x=4, h=16, w=16)
@@ -277,6 +282,70 @@ def scale_window(win: Window, scale: int, H: int, W: int) -> Window:
     y = min(round(win.y / scale), H - h)
     x = round(win.x / scale) % W
     return Window(y, x, h, w)
+
+
+def off_grid_axes(windows, canvas_hw: tuple[int, int], scale: int) -> tuple[str, ...]:
+    """The axes (``"height"``, ``"width"``) on which a window's ``1/scale`` feature grid misses the canvas'.
+
+    A UNet block at downscale ``s`` sees a window ``(y, x, h, w)`` as ``ceil(h/s) x ceil(w/s)`` tokens,
+    token ``(r, c)`` starting at latent px ``(y + s·r, x + s·c)``; the canvas' grid (``ceil(H/s) x ceil(W/s)``,
+    :func:`grid_scale`) has token ``(R, C)`` starting at ``(s·R, s·C)``. Every window token starts a canvas
+    token iff ``y`` and ``x`` are multiples of ``s`` and, where a window wraps past the right edge, ``W`` is
+    one too (its column ``x + s·c − W`` must start a token). Elsewhere :func:`scale_window` can only round.
+
+    Args:
+        windows: the plan (latent px).
+        canvas_hw: canvas ``(H, W)`` in latent px.
+        scale: the feature grid's downscale (1, 2, 4, …).
+
+    >>> off_grid_axes([Window(0, 0, 128, 128), Window(0, 131, 128, 128)], (128, 259), 4)
+    ('width',)
+    >>> off_grid_axes([Window(0, 0, 8, 8), Window(0, 8, 8, 8)], (8, 12), 4)  # wraps on a width of 12
+    ()
+    """
+    check(scale >= 1, f"scale must be >= 1, got {scale}")
+    H, W = canvas_hw
+    rows = any(win.y % scale for win in windows)
+    cols = any(win.x % scale or (win.wraps(W) and W % scale) for win in windows)
+    return tuple(axis for axis, off in (("height", rows), ("width", cols)) if off)
+
+
+def check_on_grid(windows, canvas_hw: tuple[int, int], scale: int, what: str) -> None:
+    """Raise unless every window's ``1/scale`` feature grid lies on the canvas' (:func:`off_grid_axes`).
+
+    ``what`` names what would otherwise land at a rounded canvas position (MAD's merged tokens,
+    ControlNet residual crops). The node layer plans such runs with ``align`` and refuses canvas sizes
+    whose last window is off the grid before this is reached (:func:`grid_canvas_sizes`).
+    """
+    axes = off_grid_axes(windows, canvas_hw, scale)
+    if axes:
+        win = next(w for w in windows if off_grid_axes((w,), canvas_hw, scale))
+        check(False, f"the window at (y={win.y}, x={win.x}) latent px of the {canvas_hw[0]}x{canvas_hw[1]} canvas is "
+                     f"off the 1/{scale} grid ({' and '.join(axes)}): {what} would land at a rounded position; window "
+                     f"offsets (and a wrapped canvas width) must be multiples of {scale} latent px")
+
+
+def grid_canvas_sizes(size: int, window: int, align: int, wrap: bool = False) -> tuple[int, ...]:
+    """The canvas sizes nearest ``size`` (one at most below, one above) whose plan lies on the ``align`` grid.
+
+    Without wrap the last offset is ``size − window`` (:func:`axis_offsets`), so the sizes that work are
+    ``window + k·align``; with wrap every offset is a multiple of ``align`` and the canvas must be one too.
+
+    Args:
+        size: canvas length (latent px).
+        window: window length (latent px), at most ``size``.
+        align: the grid (latent px), ``>= 1``.
+        wrap: the axis is circular.
+
+    >>> grid_canvas_sizes(259, 128, 4), grid_canvas_sizes(259, 128, 4, wrap=True), grid_canvas_sizes(3, 3, 4, wrap=True)
+    ((256, 260), (256, 260), (4,))
+    """
+    check(align >= 1, f"align must be >= 1, got {align}")
+    check(1 <= window <= size, f"window ({window} latent px) must be in [1, size={size}]")
+    base = size // align * align if wrap else window + (size - window) // align * align
+    if base == size:
+        return (size,)
+    return tuple(n for n in (base, base + align) if n >= 1)
 
 
 def total_weight(windows: tuple[Window, ...], weights: torch.Tensor, height: int, width: int) -> torch.Tensor:

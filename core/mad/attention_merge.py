@@ -14,8 +14,11 @@ the ``K`` chunks (ComfyUI may concatenate the negative and positive batches into
 the batch is window-major, index ``n·B + b`` for window ``n`` of canvas sample ``b`` — the
 order of :func:`~core.canvas.windows.crop_windows` and of ComfyUI's own conditioning repeat. The
 block's scale ``s`` is the UNet's downsampling at that block; a window ``(y, x, h, w)`` in
-latent px sits on the canvas block grid ``ceil(H/s) x ceil(W/s)`` at
-:func:`~core.canvas.windows.scale_window`'s position.
+latent px sits on the canvas block grid ``ceil(H/s) x ceil(W/s)`` at ``(y/s, x/s)``. Its offsets
+(and a wrapped canvas width) must be multiples of ``s``: a window off that grid has tokens that
+straddle two canvas tokens, and is refused rather than merged at a rounded position
+(:func:`~core.canvas.windows.check_on_grid`; the node layer plans MAD runs on the UNet's deepest
+grid and refuses canvas sizes whose last window would be off it).
 
 Merge and split go through a :class:`TokenIndex`, built once per (plan, block grid) on the
 CPU — where the coverage check runs — and moved to the device once; the :class:`MadLayout`
@@ -47,7 +50,7 @@ from einops import rearrange
 
 from ..checks import check, check_range, check_shape
 from ..sampling.schedules import steps_in_fraction
-from ..canvas.windows import Window, grid_scale, scale_window
+from ..canvas.windows import Window, check_on_grid, grid_scale, scale_window
 
 __all__ = [
     "Attention",
@@ -194,11 +197,15 @@ def window_token_index(
     Shape: returns ``index (N, h_s·w_s)`` (row-major window tokens → row-major canvas tokens
     ``y·W_s + x``) and the canvas grid ``(H_s, W_s)``.
 
+    Raises if a window is off this block's grid (:func:`~core.canvas.windows.off_grid_axes`): its
+    tokens would be merged one rounded position away from where they lie.
+
     >>> window_token_index([Window(0, 2, 2, 2)], (2, 4), (1, 1))[0]
     tensor([[1]])
     """
     _check_plan(windows, canvas_hw)
     scale = block_scale((windows[0].h, windows[0].w), block_hw)
+    check_on_grid(windows, tuple(canvas_hw), scale, "MAD's merged tokens")
     Hs, Ws = canvas_block_hw(canvas_hw, scale)
     rows = []
     for win in windows:
@@ -214,8 +221,8 @@ def token_index(
 ) -> TokenIndex:
     """Build MAD's merge/split gather index at one block grid: on the CPU, checked, moved once.
 
-    Raises if a canvas token is covered by no window (offsets that round apart at this block:
-    keep window sizes, strides and the canvas multiples of the deepest block scale).
+    Raises if a window is off the block's grid (:func:`window_token_index`) or a canvas token is
+    covered by no window (e.g. a call that holds only part of the plan).
 
     >>> token_index([Window(0, 0, 1, 2), Window(0, 1, 1, 2)], (1, 3), (1, 2)).count.flatten().tolist()
     [1.0, 2.0, 1.0]

@@ -211,6 +211,13 @@ def huge_mad_canvas(prompt: dict) -> None:
                                                              stride_y=128)
 
 
+def mad_canvas_off_grid(prompt: dict) -> None:
+    """280 px wide (35 latent px) in 128 px windows: the last window starts at 152 px, off the test UNet's 16 px grid
+    (2 levels), where MAD (tau 1: it merges on the run's only step) used to merge it at a rounded position, silently."""
+    only(prompt, "EmptyLatentImage")[1]["inputs"]["width"] = 280
+    only(prompt, "VistaMADAttention")[1]["inputs"]["tau"] = 1.0
+
+
 def lfs_with_mad_large_canvas(prompt: dict) -> None:
     """5120 x 5120 px in 1024 px windows at stride 128 px (33 x 33 = 1,089 windows) through the Latent Fusion
     Sampler on a Vista MAD model (tau 1): all windows in one call would need ~10^2 GB."""
@@ -292,6 +299,10 @@ CASES = [
     error("mad-canvas-16384px", "VistaTiledDiffusion", "EmptyLatentImage width/height (with MAD)",
           with_node("mad", huge_mad_canvas),
           "16384x16384 px", "Refused before the model runs", "lower the canvas size", max_growth_gib=4.0),
+    # the last window off the UNet's grid (16 px on the test UNet): MAD could only merge it at a rounded position
+    error("mad-canvas-off-grid", "VistaTiledDiffusion", "EmptyLatentImage width (with MAD)",
+          with_node("mad", mad_canvas_off_grid), "a Vista MAD patch needs every window on the 16 px grid",
+          "280x128 px", "Make the latent 272 or 288 px wide", "window_width"),
     error("lfs-mad-canvas-5120px", "VistaLatentFusionSampler", "EmptyLatentImage width/height (with MAD)",
           with_node("lfs", lfs_with_mad_large_canvas), "5120x5120 px", "Refused before the model runs",
           "lower the canvas size", max_growth_gib=4.0),

@@ -107,6 +107,55 @@ class TestMADNode:
         assert (len(layers) == 1) if tau or host_checks_every_op else (len(layers) > 1), layers
 
 
+class TestOffGridCanvas:
+    """Issue [H] 3: a canvas whose last window starts off the UNet's grid (here 2 levels: a 16 px grid) used to run
+    with that window's merged tokens one rounded position away (536 px = 67 latent px, 256 px windows at stride
+    128 px: the last window at 35 latent px, 17.5 tokens at the 1/2 block, merged at 18). It is refused, naming the
+    canvas and the nearest sizes that work, before the network runs; the sizes it names do run."""
+
+    def blocks_seen(self, model):
+        blocks, patched = [], model.clone()
+        patched.set_model_input_block_patch(lambda h, options: blocks.append(1) or h)
+        return patched, blocks
+
+    @pytest.mark.parametrize("wrap, says", [
+        (False, r"the last 256 px window starts at x = 280 px, off it, .* Make the latent 528 or 544 px wide "
+                r"\(window_width 256 px \+ a multiple of 16 px\), or change window_width"),
+        (True, r"with wrap_x the windows that wrap past the right edge continue off it \(the width 536 px is not a "
+               r"multiple of 16 px\), .* Make the latent 528 or 544 px wide \(a multiple of 16 px\)")])
+    def test_tiled_diffusion_refuses(self, host, wrap, says):
+        comfy, tiled_node, mad_node, model, pos, neg = host
+        patched, blocks = self.blocks_seen(mad(mad_node, tiled(tiled_node, model, 256, 128, wrap=wrap), 1.0))
+        message = (r"^Vista Tiled Diffusion: a Vista MAD patch needs every window on the 16 px grid, but on this "
+                   r"536x256 px canvas \(67x32 latent px\) " + says)
+        with pytest.raises(ValueError, match=message):
+            sample(comfy, patched, pos, neg, 32, 67, steps=1)
+        assert blocks == []
+
+    def test_latent_fusion_sampler_refuses(self, host):
+        comfy, _, mad_node, model, pos, neg = host
+        from vista.nodes.latent_fusion import VistaLatentFusionSampler
+
+        sampler = VistaLatentFusionSampler.execute(window_width=256, window_height=256, stride_x=128, stride_y=128,
+                                                   weight_mode="guided", wrap_x=False, window_batch_size=4, eta=0.0,
+                                                   s_noise=1.0, variance_corrected=True).result[0]
+        patched, blocks = self.blocks_seen(mad(mad_node, model, 1.0))
+        guider = comfy.samplers.CFGGuider(patched)
+        guider.set_conds(pos, neg)
+        guider.set_cfg(5.0)
+        latent = torch.zeros(1, 4, 32, 67)
+        sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "normal", 1).cpu()
+        with pytest.raises(ValueError, match=r"^Vista Latent Fusion Sampler: a Vista MAD patch needs every window on the "
+                                             r"16 px grid, but on this 536x256 px canvas .* 528 or 544 px wide"):
+            guider.sample(comfy.sample.prepare_noise(latent, 3), latent, sampler, sigmas, disable_pbar=True, seed=3)
+        assert blocks == []
+
+    def test_nearest_size_runs(self, host):
+        comfy, tiled_node, mad_node, model, pos, neg = host
+        out = sample(comfy, mad(mad_node, tiled(tiled_node, model, 256, 128), 1.0), pos, neg, 32, 66, steps=1)
+        assert out.shape == (1, 4, 32, 66) and torch.isfinite(out).all()
+
+
 def comfy_attention():
     import comfy.ldm.modules.attention
 

@@ -325,6 +325,27 @@ class TestMADSDXL:
         assert torch.isfinite(fused).all()
 
 
+    @pytest.mark.parametrize("route", ["tiled", "fusion"])
+    def test_canvas_off_the_unet_grid_refused(self, host, route):
+        """Issue [H] 3, the reported case: 1024 px windows at stride 256 px on a 2072x1024 px canvas. The last window
+        starts at 131 latent px, off SDXL's 32 px grid, and its merged tokens used to land up to 1 latent px away
+        (65.5 tokens at the 1/2 block merged at 66), silently. Refused, naming the nearest sizes, before the network
+        runs."""
+        comfy, nodes, model, pos, neg = host
+        patched, blocks = model.clone(), []
+        patched.set_model_input_block_patch(lambda h, options: blocks.append(1) or h)
+        node = "Vista Tiled Diffusion" if route == "tiled" else "Vista Latent Fusion Sampler"
+        message = (rf"^{node}: a Vista MAD patch needs every window on the 32 px grid, but on this 2072x1024 px canvas "
+                   r"\(259x128 latent px\) the last 1024 px window starts at x = 1048 px, off it, .* Make the latent "
+                   r"2048 or 2080 px wide \(window_width 1024 px \+ a multiple of 32 px\)")
+        with pytest.raises(ValueError, match=message):
+            if route == "tiled":
+                sample(comfy, self.mad(nodes, tiled(nodes, patched, 1024, 256)), pos, neg, 128, 259, steps=1)
+            else:
+                sample_custom(comfy, self.mad(nodes, patched), fusion(nodes, 1024, 256), pos, neg, 128, 259, steps=1)
+        assert blocks == []
+
+
 class TestZoomSDXL:
     """Vista Zoom Settings → (per-level CONDITIONING, stacked as Vista Zoom Prompts stacks it) → Zoom Noise → Zoom Stack
     Sampler, on SDXL. Zoom Prompts itself needs a CLIP; its stacking (stack_conditioning) is fed per-level SDXL

@@ -65,6 +65,18 @@ class TestWindowCallKwargs:
         torch.testing.assert_close(out["control"]["middle"][0], F.avg_pool2d(per_window, 8))
         assert out["control"]["output"] == [None]
 
+    @pytest.mark.parametrize("width, wrap", [(35, False), (34, True)])
+    def test_residuals_off_the_block_grid_refused(self, width, wrap):
+        """Issue [H] 3: a window off a residual's block grid (the last window at size - window = 19 latent px; with
+        wrap, a width that is no multiple of 4) used to get its residual crop at a rounded position, silently."""
+        canvas = torch.randn(1, 3, 16, 36)[..., :width]
+        windows = plan_windows(16, width, 16, 16, 8, 8, wrap_x=wrap, align=4)
+        residuals = [F.avg_pool2d(canvas, 2 ** k, ceil_mode=True) if k else canvas for k in range(3)]
+        with pytest.raises(VistaInputError, match=r"off the 1/[24] grid \(width\): ControlNet residual crops"):
+            window_call_kwargs({"control": {"input": residuals}}, (16, width), windows)
+        assert window_call_kwargs({"control": {"input": residuals[:1]}}, (16, width), windows)["control"]["input"][0].shape \
+            == (len(windows), 3, 16, 16)  # full resolution: every offset is on the 1/1 grid
+
     def test_wrapped_residual_crop(self):
         canvas = torch.randn(1, 2, 16, 64)
         windows = plan_windows(16, 64, 16, 32, 16, 16, wrap_x=True)

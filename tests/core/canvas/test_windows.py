@@ -3,15 +3,18 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from vista.core.checks import VistaInputError
 from vista.core.canvas.windows import (
     Window,
     axis_offsets,
+    check_on_grid,
     crop_windows,
     fuse_windows,
+    grid_canvas_sizes,
+    off_grid_axes,
     plan_windows,
     repeat_for_windows,
     scale_window,
@@ -37,6 +40,11 @@ def plans(draw):
     stride_h = draw(st.integers(1, window_h))
     stride_w = draw(st.integers(1, window_w))
     return height, width, window_h, window_w, stride_h, stride_w, draw(st.booleans()), draw(st.sampled_from([1, 2, 4]))
+
+
+def plannable(size: int, window: int, stride: int, align: int) -> bool:
+    """Whether axis_offsets accepts these (a stride rounded to the align grid must fit the window)."""
+    return max(align, stride // align * align) <= window <= size
 
 
 class TestAxisOffsets:
@@ -177,6 +185,87 @@ class TestCropWindows:
 class TestScaleWindow:
     def test_clamped_to_grid(self):
         assert scale_window(Window(8, 0, 9, 9), 2, 8, 8) == Window(3, 0, 5, 5)
+
+
+def token_starts(win: Window, scale: int, width: int) -> set[tuple[int, int]]:
+    """Latent px where each of the window's tokens at a 1/scale grid starts (columns modulo the canvas width)."""
+    return {(win.y + scale * r, (win.x + scale * c) % width)
+            for r in range(math.ceil(win.h / scale)) for c in range(math.ceil(win.w / scale))}
+
+
+class TestOffGridAxes:
+    @pytest.mark.parametrize("width_px, off", [(2048, {1: (), 2: (), 4: ()}), (2064, {1: (), 2: (), 4: ("width",)}),
+                                               (2072, {1: (), 2: ("width",), 4: ("width",)})])
+    def test_sdxl_canvases(self, width_px, off):
+        """SDXL, 1024 px windows at stride 256 px on the 32 px grid (align 4): the last window starts at
+        size - window = 128, 130, 131 latent px."""
+        windows = plan_windows(128, width_px // 8, 128, 128, 32, 32, align=4)
+        assert {s: off_grid_axes(windows, (128, width_px // 8), s) for s in (1, 2, 4)} == off
+
+    @settings(max_examples=300, deadline=None)
+    @given(plans(), st.sampled_from([1, 2, 4, 8]))
+    def test_on_grid_iff_every_token_starts_a_canvas_token(self, plan, scale):
+        """The definition: a window's tokens start at (y + s·r, x + s·c) (mod W); on the grid iff each of those is
+        (s·R, s·C) of the canvas grid, and the wrapped column is the same canvas token."""
+        height, width, wh, ww, sh, sw, wrap, align = plan
+        assume(plannable(height, wh, sh, align) and plannable(width, ww, sw, align))
+        windows = plan_windows(height, width, wh, ww, sh, sw, wrap, align)
+        for win in windows:
+            starts = token_starts(win, scale, width)
+            exact = all(y % scale == 0 and x % scale == 0 for y, x in starts)
+            exact &= not win.wraps(width) or width % scale == 0  # else column x + s·c − W is a token's, not C·s
+            assert (off_grid_axes((win,), (height, width), scale) == ()) == exact, (win, scale)
+
+    def test_exception(self):
+        with pytest.raises(VistaInputError, match="scale"):
+            off_grid_axes((Window(0, 0, 4, 4),), (4, 4), 0)
+
+
+class TestCheckOnGrid:
+    def test_names_the_window_and_the_grid(self):
+        windows = plan_windows(128, 259, 128, 128, 32, 32, align=4)
+        with pytest.raises(VistaInputError, match=r"\(y=0, x=131\) latent px of the 128x259 canvas is off the 1/2 "
+                                                  r"grid \(width\): residuals would land at a rounded position"):
+            check_on_grid(windows, (128, 259), 2, "residuals")
+
+    def test_wrapped_width_off_the_grid(self):
+        with pytest.raises(VistaInputError, match=r"x=8\).*1/4 grid \(width\)"):
+            check_on_grid((Window(0, 0, 8, 8), Window(0, 8, 8, 8)), (8, 14), 4, "tokens")
+
+    def test_on_grid_passes(self):
+        check_on_grid(plan_windows(128, 256, 128, 128, 32, 32, align=4), (128, 256), 4, "tokens")
+
+
+class TestGridCanvasSizes:
+    @pytest.mark.parametrize("args, sizes", [((259, 128, 4), (256, 260)), ((258, 128, 4), (256, 260)),
+                                             ((256, 128, 4), (256,)), ((259, 128, 4, True), (256, 260)),
+                                             ((3, 3, 4, True), (4,)), ((65, 64, 8), (64, 72))])
+    def test_smoke(self, args, sizes):
+        assert grid_canvas_sizes(*args) == sizes
+
+    @settings(max_examples=300, deadline=None)
+    @given(plans())
+    def test_nearest_sizes_plan_on_the_grid(self, plan):
+        """Every size offered plans on the grid (what the node's refusal promises), and no size strictly between
+        them and the asked size does."""
+        _, width, _, ww, _, sw, wrap, align = plan
+        assume(plannable(width, ww, sw, align))
+        sizes = grid_canvas_sizes(width, ww, align, wrap)
+
+        def on_grid(n):  # a canvas n wide, the window clamped to it as the nodes do; None if it cannot be planned
+            w = min(ww, n)
+            if not plannable(n, w, min(sw, w), align):
+                return None
+            return off_grid_axes(plan_windows(align, n, align, w, align, min(sw, w), wrap, align), (align, n), align) == ()
+
+        assert all(on_grid(n) for n in sizes)
+        assert not any(on_grid(n) for n in range(min(sizes) + 1, max(sizes)) if n not in sizes)
+        assert min(sizes) <= width <= max(sizes) and on_grid(width) == (sizes == (width,))
+
+    @pytest.mark.parametrize("args, match", [((10, 4, 0), "align"), ((10, 12, 4), "window"), ((10, 0, 4), "window")])
+    def test_exception(self, args, match):
+        with pytest.raises(VistaInputError, match=match):
+            grid_canvas_sizes(*args)
 
 
 class TestRepeatForWindows:

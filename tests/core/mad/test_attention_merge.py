@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -28,7 +28,7 @@ from vista.core.mad.attention_merge import (
 )
 from peak_bytes import PeakBytes
 from vista.core.checks import VistaInputError
-from vista.core.canvas.windows import Window, crop_windows, plan_windows
+from vista.core.canvas.windows import Window, crop_windows, off_grid_axes, plan_windows
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -156,10 +156,61 @@ class TestTokenIndex:
             token_index(plan_windows(8, 24, 8, 8, 4, 4)[:2], (8, 24), (8, 8))
 
     def test_misaligned_offsets_raise(self):
-        """Offsets that round apart at a deep block leave a block column uncovered."""
+        """Offsets off a deep block's grid are refused (they used to round, and here leave a column uncovered)."""
         windows = (Window(0, 0, 12, 12), Window(0, 9, 12, 12), Window(0, 18, 12, 12))
-        with pytest.raises(VistaInputError, match=r"\(0, 7\).*covered by no window"):
+        with pytest.raises(VistaInputError, match=r"\(y=0, x=9\).*off the 1/4 grid \(width\): MAD's merged tokens"):
             token_index(windows, (12, 30), (3, 3))
+
+
+def assert_placed_exactly(windows, canvas_hw, block_hw) -> None:
+    """Token ``(r, c)`` of every window goes to the canvas token that starts where it starts: at block scale ``s``
+    it covers latent px from ``(y + s·r, x + s·c)`` (columns modulo the canvas width), canvas token ``(R, C)``
+    from ``(s·R, s·C)``."""
+    idx = token_index(windows, canvas_hw, block_hw)
+    s, (_, W), (_, Ws) = block_scale((windows[0].h, windows[0].w), block_hw), canvas_hw, idx.grid
+    r, c = (t.flatten() for t in torch.meshgrid(torch.arange(block_hw[0]), torch.arange(block_hw[1]), indexing="ij"))
+    for n, win in enumerate(windows):
+        R, C = idx.index.view(len(windows), -1)[n].div(Ws, rounding_mode="floor"), idx.index.view(len(windows), -1)[n] % Ws
+        assert torch.equal(s * R, win.y + s * r), (win, s)
+        assert torch.equal(s * C, (win.x + s * c) % W), (win, s)
+
+
+class TestTokenPlacement:
+    """Issue [H] 3: the last window of an SDXL canvas 2072 px wide (1024 px windows, stride 256 px, offsets on the
+    32 px grid) starts at 131 latent px, off the 1/2 and 1/4 block grids; its merged tokens used to land a rounded
+    position away (up to 1 latent px), silently. Every window token is merged where it lies, or the plan is refused."""
+
+    @pytest.mark.parametrize("width_px, scale, outcome", [
+        (2048, 1, "exact"), (2048, 2, "exact"), (2048, 4, "exact"),
+        (2064, 1, "exact"), (2064, 2, "exact"), (2064, 4, "refused"),
+        (2072, 1, "exact"), (2072, 2, "refused"), (2072, 4, "refused")])
+    def test_sdxl_canvas(self, width_px, scale, outcome):
+        canvas_hw = (128, width_px // 8)
+        windows = plan_windows(*canvas_hw, 128, 128, 32, 32, align=4)
+        block_hw = (128 // scale, 128 // scale)
+        if outcome == "exact":
+            assert_placed_exactly(windows, canvas_hw, block_hw)
+        else:
+            with pytest.raises(VistaInputError, match=rf"x={width_px // 8 - 128}\).*off the 1/{scale} grid"):
+                token_index(windows, canvas_hw, block_hw)
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.integers(1, 40), st.integers(1, 40), st.integers(0, 9), st.integers(0, 9), st.sampled_from([1, 2, 4]),
+           st.integers(1, 5), st.sampled_from([1, 2, 4, 8]), st.booleans())
+    def test_exact_or_refused(self, wh, ww, extra_h, extra_w, align, strides, scale, wrap):
+        """Any plan (sizes off every grid included) at any block scale: merged exactly where its tokens lie, or
+        refused — refused exactly when a window is off that block's grid."""
+        canvas_hw = (wh + extra_h, ww + extra_w)
+        stride = align * strides
+        assume(stride <= min(wh, ww))
+        windows = plan_windows(*canvas_hw, wh, ww, stride, stride, wrap_x=wrap, align=align)
+        block_hw = (-(-wh // scale), -(-ww // scale))
+        assume(block_scale((wh, ww), block_hw) == scale)
+        if off_grid_axes(windows, canvas_hw, scale):
+            with pytest.raises(VistaInputError, match="off the 1/"):
+                token_index(windows, canvas_hw, block_hw)
+        else:
+            assert_placed_exactly(windows, canvas_hw, block_hw)
 
 
 def idx_of(windows, canvas_hw, block_hw):
