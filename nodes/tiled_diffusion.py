@@ -27,6 +27,10 @@ class TiledDiffusionPatch:
     residuals or while a Vista MAD patch is on the model: both need offsets on the UNet's deepest grid
     (``alignment`` latent px), and the strides are then snapped down to it with a warning. With
     ``size_factor`` (SDXL), each window's ``y`` carries its own crop offset and size.
+
+    Row order: ComfyUI batches several conditionings into one call, one chunk of rows per entry of
+    ``cond_or_uncond``. Every window batch keeps that grouping (all windows of chunk 0, then of chunk 1, …),
+    so a patch that splits the batch by ``cond_or_uncond`` (NAG, SAG, …) sees each chunk whole.
     """
 
     def __init__(self, spec: WindowSpec, weight_mode: str, batch_size: int, alignment: int, previous=None,
@@ -43,18 +47,19 @@ class TiledDiffusionPatch:
     def __call__(self, apply_model, args: dict):
         x, sigma, c = args["input"], args["timestep"], args["c"]
         check_image_latent(NODE, "the sampled latent", x)
+        groups = len(args["cond_or_uncond"])
         options = c.get("transformer_options", {})
         align, reason = self.align_for(c, options)
         plan = self.plans.get(tuple(x.shape[-2:]), align, x.device, reason)
         batch_size, tau, schedule = self.batch_size, mad_tau(options), options.get("sample_sigmas")
         step = mad_step_index(float(sigma.max()), schedule) if schedule is not None else 0
         if tau is not None and schedule is not None and mad_active(step, len(schedule) - 1, tau):
-            c = {**c, "transformer_options": with_layout(options, replace(plan.layout, batch=x.shape[0]))}
+            c = {**c, "transformer_options": with_layout(options, replace(plan.layout, batch=x.shape[0] // groups))}
             batch_size = len(plan.windows)  # the merge needs every window in one call
 
         def predict(crops, chunk):
-            window_args = {"input": crops, "timestep": repeat_for_windows(sigma, len(chunk)),
-                           "c": window_call_kwargs(c, x.shape[-2:], chunk, self.size_factor),
+            window_args = {"input": crops, "timestep": repeat_for_windows(sigma, len(chunk), groups),
+                           "c": window_call_kwargs(c, x.shape[-2:], chunk, self.size_factor, groups),
                            "cond_or_uncond": args["cond_or_uncond"]}
             if self.previous is not None:
                 return self.previous(apply_model, window_args)
@@ -64,7 +69,7 @@ class TiledDiffusionPatch:
         self.progress.start_step(step, steps, -(-len(plan.windows) // max(batch_size, 1)))
         try:
             return multidiffusion_predict(predict, x, plan.windows, plan.weights, batch_size,
-                                          before_batch=self.progress.before_batch)
+                                          before_batch=self.progress.before_batch, groups=groups)
         except VistaInputError as e:
             raise core_error(NODE, e) from e
 

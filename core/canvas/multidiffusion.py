@@ -19,7 +19,8 @@ from .windows import Window, accumulate_windows, crop_windows, total_weight
 __all__ = ["WindowPredictor", "chunks", "multidiffusion_predict"]
 
 WindowPredictor = Callable[[torch.Tensor, Sequence[Window]], torch.Tensor]
-"""``predict(x_windows (n·B, C, h, w), windows) -> (n·B, C', h, w)``, window-major batches."""
+"""``predict(x_windows (G·n·B, C, h, w), windows) -> (G·n·B, C', h, w)``, in
+:func:`~core.canvas.windows.crop_windows`' order (window-major inside each of ``G`` batch groups)."""
 
 
 def chunks(windows: Sequence[Window], size: int) -> list[tuple[Window, ...]]:
@@ -39,18 +40,22 @@ def multidiffusion_predict(
     weights: torch.Tensor,
     batch_size: int,
     before_batch: Callable[[], None] | None = None,
+    groups: int = 1,
 ) -> torch.Tensor:
     """Fused prediction of all windows of ``x`` (MultiDiffusion, one model evaluation).
 
     Args:
-        predict: denoises a window-major batch of window crops (see :data:`WindowPredictor`).
+        predict: denoises a batch of window crops (see :data:`WindowPredictor`).
         x: noisy canvas latent.
         windows: window plan covering the canvas (:func:`~core.canvas.windows.plan_windows`).
         weights: ``(N, 1, h, w)`` fusion weights (:func:`~core.canvas.windows.window_weights`).
         batch_size: windows per ``predict`` call (memory budget).
         before_batch: called before each batch (interrupt checks, progress).
+        groups: ``x``'s batch is ``groups`` equal groups that stay contiguous in every window batch
+            (one per conditioning of a ComfyUI model call, ``len(cond_or_uncond)``); see
+            :func:`~core.canvas.windows.crop_windows`.
 
-    Shape: ``x (B, C, H, W)`` → ``(B, C', H, W)``.
+    Shape: ``x (G·B, C, H, W)`` → ``(G·B, C', H, W)``.
     """
     check_shape(x, ["B", "C", "H", "W"])
     check(len(windows) == weights.shape[0], f"{len(windows)} windows but {weights.shape[0]} weight maps")
@@ -60,8 +65,8 @@ def multidiffusion_predict(
     for start, chunk in zip(range(0, len(windows), batch_size), chunks(windows, batch_size)):
         if before_batch is not None:
             before_batch()
-        pred = predict(crop_windows(x, chunk), chunk)
+        pred = predict(crop_windows(x, chunk, groups=groups), chunk)
         if out is None:  # accumulate in at least float32 (fp16 sums of many windows lose bits)
             out = pred.new_zeros(x.shape[0], pred.shape[1], H, W, dtype=torch.promote_types(pred.dtype, torch.float32))
-        accumulate_windows(out, pred, chunk, weights[start : start + len(chunk)])
+        accumulate_windows(out, pred, chunk, weights[start : start + len(chunk)], groups)
     return (out / total_weight(tuple(windows), weights, H, W).to(out)).to(pred.dtype)

@@ -198,42 +198,60 @@ def _column_index(win: Window, width: int, device) -> torch.Tensor | slice:
     return torch.tensor(win.columns(width), device=device)
 
 
-def crop_windows(x: torch.Tensor, windows: tuple[Window, ...] | list[Window], scale: int = 1) -> torch.Tensor:
-    """Crop windows out of a canvas tensor, window-major.
+def crop_windows(x: torch.Tensor, windows: tuple[Window, ...] | list[Window], scale: int = 1,
+                 groups: int = 1) -> torch.Tensor:
+    """Crop windows out of a canvas tensor, window-major within each of ``groups`` batch groups.
 
     ``scale`` > 1 crops a feature map at ``1/scale`` of the latent resolution (ControlNet
     residuals, attention grids): offsets and sizes are divided by ``scale`` (rounded, and
     clamped to fit the map).
 
-    Convention (window-major, batch index ``n·B + b``): ComfyUI repeats a conditioning of
-    batch ``B`` to a larger batch by tiling it (``c_0, c_1, …, c_0, c_1, …``), so in a
-    window-major batch every window of sample ``b`` meets sample ``b``'s prompt.
+    Convention (batch index ``g·N·B + n·B + b``): the canvas batch is ``groups`` consecutive
+    groups of ``B`` samples (``groups`` = the conditionings ComfyUI batched into one model call,
+    one per entry of ``cond_or_uncond``); each group's crops stay together, window-major inside,
+    so every entry of ``cond_or_uncond`` still covers one contiguous chunk of equal size, as in
+    ComfyUI's own batches (patches that split the batch by that list see what they expect).
+    ``groups = 1`` is plain window-major order (``n·B + b``). ComfyUI repeats a conditioning of
+    batch ``B`` to a larger batch by tiling it (``c_0, c_1, …, c_0, c_1, …``), so in a window-major
+    batch every window of sample ``b`` meets sample ``b``'s prompt.
 
-    Shape: ``x (B, C, H, W)`` → ``(N·B, C, h, w)``.
+    Shape: ``x (G·B, C, H, W)`` → ``(G·N·B, C, h, w)``.
 
     >>> crop_windows(torch.arange(8.).view(2, 1, 1, 4), [Window(0, 0, 1, 2), Window(0, 2, 1, 2)])[:, 0, 0].tolist()
     [[0.0, 1.0], [4.0, 5.0], [2.0, 3.0], [6.0, 7.0]]
+    >>> crop_windows(torch.arange(8.).view(2, 1, 1, 4), [Window(0, 0, 1, 2), Window(0, 2, 1, 2)], groups=2)[:, 0, 0].tolist()
+    [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0], [6.0, 7.0]]
     """
     check_shape(x, ["B", "C", "H", "W"])
+    _check_groups(x.shape[0], groups, "x")
     crops = []
     H, W = x.shape[-2:]
     for win in windows:
         sw = scale_window(win, scale, H, W)
         crops.append(x[:, :, sw.y : sw.y + sw.h][..., _column_index(sw, W, x.device)])
-    return rearrange(torch.stack(crops), "n b c h w -> (n b) c h w")
+    return rearrange(torch.stack(crops), "n (g b) c h w -> (g n b) c h w", g=groups)
 
 
-def repeat_for_windows(t: torch.Tensor, n: int) -> torch.Tensor:
-    """Repeat a per-sample tensor for ``n`` windows, window-major (batch index ``i·B + b``).
+def repeat_for_windows(t: torch.Tensor, n: int, groups: int = 1) -> torch.Tensor:
+    """Repeat a per-sample tensor for ``n`` windows in :func:`crop_windows`' order (index ``g·n·B + i·B + b``).
 
-    This is the order of :func:`crop_windows` and of ComfyUI's own conditioning repeat.
+    With ``groups = 1`` this is window-major, the order of ComfyUI's own conditioning repeat.
 
-    Shape: ``(B, ...)`` → ``(n·B, ...)``.
+    Shape: ``(G·B, ...)`` → ``(G·n·B, ...)``.
 
     >>> repeat_for_windows(torch.tensor([1., 2.]), 3).tolist()
     [1.0, 2.0, 1.0, 2.0, 1.0, 2.0]
+    >>> repeat_for_windows(torch.tensor([1., 2.]), 3, groups=2).tolist()
+    [1.0, 1.0, 1.0, 2.0, 2.0, 2.0]
     """
-    return repeat(t, "b ... -> (n b) ...", n=n)
+    _check_groups(t.shape[0], groups, "t")
+    return repeat(t, "(g b) ... -> (g n b) ...", g=groups, n=n)
+
+
+def _check_groups(batch: int, groups: int, name: str) -> None:
+    """The batch splits into ``groups`` equal groups (one per conditioning of a model call)."""
+    check(groups >= 1 and batch % groups == 0,
+          f"{name} batch {batch} must split into groups={groups} equal groups (one per entry of cond_or_uncond)")
 
 
 def grid_scale(size_hw: tuple[int, int], grid_hw: tuple[int, int]) -> int:
@@ -359,17 +377,21 @@ def total_weight(windows: tuple[Window, ...], weights: torch.Tensor, height: int
     return canvas
 
 
-def accumulate_windows(canvas: torch.Tensor, values: torch.Tensor, windows, weights: torch.Tensor) -> None:
+def accumulate_windows(canvas: torch.Tensor, values: torch.Tensor, windows, weights: torch.Tensor,
+                       groups: int = 1) -> None:
     """Add ``w_i * v_i`` of every window into ``canvas`` in place (a fusion numerator).
 
     Args:
-        canvas: ``(B, C, H, W)`` accumulator.
-        values: window-major ``(N·B, C, h, w)`` window values (broadcastable).
+        canvas: ``(G·B, C, H, W)`` accumulator.
+        values: ``(G·N·B, C, h, w)`` window values in :func:`crop_windows`' order (broadcastable).
         windows: the ``N`` windows these values belong to.
         weights: ``(N, 1, h, w)`` their weights (cast to the canvas dtype).
+        groups: batch groups ``G`` of ``values`` (see :func:`crop_windows`); 1: window-major.
     """
     W = canvas.shape[-1]
-    per_window = rearrange(values, "(n b) c h w -> n b c h w", n=len(windows))
+    check(groups >= 1 and values.shape[0] % (groups * len(windows)) == 0,
+          f"values batch {values.shape[0]} must be groups={groups} x {len(windows)} windows x samples")
+    per_window = rearrange(values, "(g n b) c h w -> n (g b) c h w", g=groups, n=len(windows))
     for win, v, wt in zip(windows, per_window, weights.to(canvas)):
         rows = canvas[:, :, win.y : win.y + win.h]
         if win.wraps(W):

@@ -59,6 +59,27 @@ class TestMADNode:
         plain, merged = sample(comfy, base, pos, neg, 32, 64), sample(comfy, patched, pos, neg, 32, 64)
         assert torch.isfinite(merged).all() and (merged - plain).abs().max().item() > 1e-3
 
+    def test_prompts_in_one_call_equal_prompts_in_two(self, host):
+        """Issue [H] 15: Vista Tiled Diffusion keeps each conditioning of a model call one contiguous chunk of the
+        window batch; MAD merges each chunk's windows on their own. The negative and positive prompts batched in one
+        call = the same prompts in separate calls (the negative's context repeated 5 times, which changes no
+        attention output but stops the host from batching it with the 77-token positive)."""
+        comfy, tiled_node, mad_node, model, pos, neg = host
+        seen, inner = [], model.clone()
+
+        def record(apply_model, args):
+            seen.append(list(args["cond_or_uncond"]))
+            return apply_model(args["input"], args["timestep"], **args["c"])
+
+        inner.set_model_unet_function_wrapper(record)
+        patched = mad(mad_node, tiled(tiled_node, inner, 256, 128), 1.0)
+        together = sample(comfy, patched, pos, neg, 32, 64)
+        assert sorted(seen[0]) == [0, 1]
+        seen.clear()
+        apart = sample(comfy, patched, pos, [[c.repeat(1, 5, 1), dict(o)] for c, o in neg], 32, 64)
+        assert seen and all(len(chunks) == 1 for chunks in seen)
+        assert ((together - apart).norm() / apart.norm()).item() < 1e-4
+
     def test_no_blocks_selected(self, host):
         _, _, mad_node, model, *_ = host
         with pytest.raises(ValueError, match="no SpatialTransformer"):

@@ -282,3 +282,78 @@ class TestProgress:
         finally:
             comfy.model_management.interrupt_current_processing(False)
         assert len(calls) == 1
+
+
+def padded(conditioning):
+    """The same prompts with their context repeated 5 times. Attention over repeated keys is unchanged (the host pads
+    prompts of other lengths this way, "padding with repeat doesn't change result"), but the host never batches a
+    385-token prompt with a 77-token one (lcm ratio 5 > 4): the negative and positive prompts then go in separate
+    model calls, each with a one-entry cond_or_uncond, where nothing can split a batch wrongly."""
+    return [[context.repeat(1, 5, 1), dict(options)] for context, options in conditioning]
+
+
+def recording(model):
+    """A clone of ``model`` whose inner model_function_wrapper records every window call's cond_or_uncond."""
+    seen, model = [], model.clone()
+
+    def record(apply_model, args):
+        seen.append(list(args["cond_or_uncond"]))
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    model.set_model_unet_function_wrapper(record)
+    return model, seen
+
+
+def relative_l2(a, b) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+class TestBatchSplittingPatches:
+    """Issue [H] 15: host patches that split a model call's batch into the chunks of ``cond_or_uncond`` (NAG's
+    attention output patch, SAG's middle-block attention) see each chunk whole in every window batch, on SD1.5 (the
+    test checkpoint) and SDXL (the in-process Segmind-Vega-shaped UNet). Measured before the fix (v0.33.0, 3 windows):
+    NAG window_batch_size 4 vs 1 rel-L2 2.8e-2 (SD1.5) and 4.3e-2 (SDXL); SAG negative and positive prompt in one call
+    vs in two calls 8.7e-2 / 9.5e-2. Without a patch every grouping agrees to ~2e-6."""
+
+    @pytest.fixture(params=["sd15", "sdxl"])
+    def case(self, request, host):
+        """(model, positive, negative, window px, stride px, latent height, latent width): 3 windows per step."""
+        comfy, node, model, pos, neg = host
+        if request.param == "sd15":
+            return model, pos, neg, 256, 128, 32, 64
+        from host import sdxl_conditioning, sdxl_model
+
+        return sdxl_model(), sdxl_conditioning(1), sdxl_conditioning(2), 512, 256, 64, 128
+
+    def run(self, host, case, model, window_batch_size, negative=None):
+        comfy, node, _, _, _ = host
+        _, pos, neg, window, stride, height, width = case
+        patched = patch_model(node, model, window_width=window, window_height=window, stride_x=stride, stride_y=stride,
+                              window_batch_size=window_batch_size)
+        return sample(comfy, patched, pos, neg if negative is None else negative, height, width, steps=2)
+
+    def test_nag_window_batch_size_changes_nothing(self, host, case):
+        """NAG (ComfyUI's Normalized Attention Guidance, comfy_extras/nodes_nag.py; v0.33.0 only) pairs the positive
+        chunk's rows with the negative chunk's rows: window_batch_size 4 (all 3 windows in one call) = 1."""
+        nodes_nag = pytest.importorskip("comfy_extras.nodes_nag", reason="this host has no NAG node (v0.3.64)")
+        model = case[0]
+        nag, seen = recording(nodes_nag.NAGuidance.execute(model, 5.0, 0.5, 1.5).result[0])
+        one, four = self.run(host, case, nag, 1), self.run(host, case, nag, 4)
+        assert sorted(seen[0]) == [0, 1]  # the negative and positive prompts were batched: NAG acts
+        assert relative_l2(one, self.run(host, case, model, 1)) > 1e-2  # and it changes the result
+        assert relative_l2(four, one) < 1e-4
+
+    def test_sag_records_the_negative_chunk(self, host, case):
+        """SAG (comfy_extras/nodes_sag.py, both hosts) keeps the negative chunk's middle-block attention of the last
+        model call: with every window in one call, negative and positive prompts batched together = in two calls."""
+        from comfy_extras.nodes_sag import SelfAttentionGuidance
+
+        model, _, neg = case[0], case[1], case[2]
+        sag, seen = recording(SelfAttentionGuidance.execute(model, 0.5, 2.0).result[0])
+        together = self.run(host, case, sag, 8)
+        assert sorted(seen[0]) == [0, 1]
+        seen.clear()
+        apart = self.run(host, case, sag, 8, padded(neg))
+        assert seen and all(len(chunks) == 1 for chunks in seen)  # the padded negative went in calls of its own
+        assert relative_l2(apart, self.run(host, case, model, 8, padded(neg))) > 1e-2  # SAG acts
+        assert relative_l2(together, apart) < 1e-4

@@ -97,3 +97,28 @@ class TestWindowCallKwargs:
         # window-major (n·B + b), like ComfyUI's own conditioning repeat: sample b's prompt at every b-th entry
         assert all(torch.equal(out["c_crossattn"][i], crossattn[i % 2]) for i in range(2 * n))
         assert out["transformer_options"] is options
+
+    def test_groups_keep_each_conditioning_contiguous(self):
+        """Issue [H] 15: ``groups`` = the conditionings ComfyUI batched into the call. Every per-sample tensor, crop,
+        residual and SDXL ``y`` follows crop_windows' grouped order, so row r of every tensor belongs to the same
+        (conditioning, window, sample); a tensor of one row shared by the call is repeated as before."""
+        from vista.core.canvas.micro_conditioning import window_size_conditioning
+
+        groups, samples = 2, 2
+        canvas = torch.randn(groups * samples, 3, 16, 40)
+        windows = plan_windows(16, 40, 16, 16, 8, 8)
+        n = len(windows)
+        y = torch.randn(groups * samples, 1280 + 6 * 256)
+        c = {"c_concat": canvas, "c_crossattn": torch.randn(groups * samples, 77, 8), "y": y, "shared": torch.ones(1, 3),
+             "control": {"input": pyramid(canvas, 3)}}
+        out = window_call_kwargs(c, (16, 40), windows, size_factor=8, groups=groups)
+        assert torch.equal(out["c_concat"], crop_windows(canvas, windows, groups=groups))
+        for got, want in zip(out["control"]["input"], pyramid(crop_windows(canvas, windows, groups=groups), 3)):
+            torch.testing.assert_close(got, want)
+        for row in range(groups * n * samples):  # row g·n·B + i·B + b is conditioning g's sample b in window i
+            g, b = row // (n * samples), row % samples
+            assert torch.equal(out["c_crossattn"][row], c["c_crossattn"][g * samples + b])
+            assert torch.equal(out["y"][row, :1280], y[g * samples + b, :1280])
+        per_window = window_size_conditioning(y[:samples].repeat(n, 1), windows, 8)  # chunk 0, window-major
+        torch.testing.assert_close(out["y"][: n * samples, 1280:], per_window[:, 1280:])
+        assert out["shared"].shape == (n, 3)

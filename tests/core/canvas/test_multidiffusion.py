@@ -60,6 +60,27 @@ class TestMultidiffusionPredict:
         multidiffusion_predict(lambda c, ch: c, x, windows, window_weights(windows), 4, before_batch=lambda: calls.append(1))
         assert len(calls) == -(-len(windows) // 4)
 
+    @pytest.mark.parametrize("batch_size", [1, 3, 100])
+    def test_groups_let_a_model_split_its_batch_by_chunk(self, batch_size):
+        """Issue [H] 15: a model that splits its batch into the chunks of cond_or_uncond (NAG, SAG: uncond rows,
+        then cond rows) must see each chunk whole in every window batch. With ``groups=2`` the fused result is
+        MultiDiffusion of that model, window by window; window-major rows (groups=1) pair the wrong windows."""
+        net = TinyConvDenoiser()
+        x = torch.randn(4, 4, 16, 48, dtype=torch.float64)  # uncond chunk (2 samples), then cond chunk (2 samples)
+        windows = plan_windows(16, 48, 16, 16, 8, 8)
+
+        def chunk_guided(crops, sigma=torch.tensor(2.0, dtype=torch.float64)):
+            uncond, cond = net(crops, sigma.expand(crops.shape[0])).chunk(2)
+            return torch.cat([uncond, 3 * cond - 2 * uncond])
+
+        weights = window_weights(windows, "uniform", dtype=torch.float64)
+        want = reference_multidiffusion(lambda crop, sigma: chunk_guided(crop), x, None, windows)
+        got = multidiffusion_predict(lambda crops, chunk: chunk_guided(crops), x, windows, weights, batch_size, groups=2)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        if batch_size > 1:  # the negative control: window-major rows mix windows of both chunks
+            wrong = multidiffusion_predict(lambda crops, chunk: chunk_guided(crops), x, windows, weights, batch_size)
+            assert (wrong - want).abs().max() > 0.1
+
     def test_exception_shape(self):
         windows = plan_windows(8, 8, 8, 8, 8, 8)
         with pytest.raises(VistaInputError, match="shape"):

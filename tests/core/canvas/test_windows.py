@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from vista.core.checks import VistaInputError
 from vista.core.canvas.windows import (
     Window,
+    accumulate_windows,
     axis_offsets,
     check_on_grid,
     crop_windows,
@@ -181,6 +182,20 @@ class TestCropWindows:
         with pytest.raises(VistaInputError, match="shape"):
             crop_windows(torch.zeros(4, 4), (Window(0, 0, 2, 2),))
 
+    def test_groups_keep_each_chunk_contiguous(self):
+        """Issue [H] 15: with ``groups`` (the conditionings of one ComfyUI call, one per entry of cond_or_uncond)
+        chunk ``g`` of the canvas batch becomes rows ``g·N·B … (g+1)·N·B`` of the crops, window-major inside,
+        as ComfyUI's own batches keep each entry of cond_or_uncond one contiguous chunk of equal size."""
+        x = torch.randn(6, 2, 4, 12)  # 3 groups (e.g. uncond, cond, a third prompt) of B = 2 samples
+        windows = plan_windows(4, 12, 4, 4, 4, 4)
+        crops = crop_windows(x, windows, groups=3)
+        for g, chunk in enumerate(crops.chunk(3)):
+            assert torch.equal(chunk, crop_windows(x[2 * g : 2 * g + 2], windows))
+
+    def test_exception_groups(self):
+        with pytest.raises(VistaInputError, match="groups=2"):
+            crop_windows(torch.zeros(3, 1, 4, 4), (Window(0, 0, 2, 2),), groups=2)
+
 
 class TestScaleWindow:
     def test_clamped_to_grid(self):
@@ -272,6 +287,29 @@ class TestRepeatForWindows:
     def test_window_major(self):
         t = torch.tensor([[1.0], [2.0]])
         assert repeat_for_windows(t, 2).flatten().tolist() == [1.0, 2.0, 1.0, 2.0]
+
+    def test_groups_follow_crop_order(self):
+        """A per-sample tensor repeated with ``groups`` meets its own rows' crops (same index as crop_windows)."""
+        x = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 1, 2, 6)  # sample i is the constant i
+        windows = plan_windows(2, 6, 2, 2, 2, 2)
+        crops = crop_windows(x, windows, groups=2)
+        assert torch.equal(repeat_for_windows(torch.arange(4.0), len(windows), groups=2), crops[:, 0, 0, 0])
+
+
+class TestAccumulateWindows:
+    @pytest.mark.parametrize("groups", [1, 2, 4])
+    def test_crop_then_fuse_is_identity_in_every_grouping(self, groups):
+        x = torch.randn(4, 3, 8, 20, dtype=torch.float64)
+        windows = plan_windows(8, 20, 8, 8, 4, 4)
+        weights = window_weights(windows, "gaussian", dtype=torch.float64)
+        out = torch.zeros_like(x)
+        accumulate_windows(out, crop_windows(x, windows, groups=groups), windows, weights, groups)
+        torch.testing.assert_close(out / total_weight(windows, weights, 8, 20), x)
+
+    def test_exception_groups(self):
+        windows = plan_windows(4, 8, 4, 4, 4, 4)
+        with pytest.raises(VistaInputError, match="groups=3"):
+            accumulate_windows(torch.zeros(2, 1, 4, 8), torch.zeros(4, 1, 4, 4), windows, window_weights(windows), 3)
 
 
 class TestFuseWindows:
