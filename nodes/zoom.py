@@ -13,7 +13,7 @@ from ..core.checks import VistaInputError
 from ..core.zoom.stack import ZoomSettings
 from ..core.zoom.composite import composite_levels
 from ..core.zoom.video import zoom_video_frames
-from ._common import core_error
+from ._common import check_numbers, core_error, require
 from .zoom_sampling import (NOISE_NODE, PROMPTS_NODE, SAMPLER_NODE, SETTINGS_NODE, ZOOM_OPTIONS, ZoomNoise,
                             ZoomStackSampler, check_levels, split_prompts, stack_conditioning)
 
@@ -167,8 +167,15 @@ class VistaZoomStackSampler(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, eta: float = None, s_noise: float = None, photo_lr: float = None,
+                        photo_until: float = None) -> bool | str:
+        return check_numbers(SAMPLER_NODE, cls.define_schema(), eta=eta, s_noise=s_noise, photo_lr=photo_lr,
+                             photo_until=photo_until)
+
+    @classmethod
     def execute(cls, zoom: ZoomSettings, eta: float, s_noise: float, photo_steps: int, photo_lr: float,
                 photo_until: float, photo: dict | None = None) -> io.NodeOutput:
+        require(cls.validate_inputs(eta, s_noise, photo_lr, photo_until))  # linked values
         photo_settings = {"steps": photo_steps, "lr": photo_lr, "until": photo_until}
         return io.NodeOutput(ZoomStackSampler(zoom, eta, s_noise, photo, photo_settings))
 
