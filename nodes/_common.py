@@ -276,6 +276,11 @@ def check_pixels(node: str, factor: int, **sizes: int) -> None:
 
 WINDOW_PX = (64, 16384)  # schema min/max of window sizes in image px
 STRIDE_MIN_PX = 8
+# One range per meaning on every ancestral sampler node (Latent Fusion, Zoom Stack): eta 0 = DDIM/euler, 1 = DDPM /
+# euler ancestral (above 1 the rectified-flow step of SD3/Flux can leave sigma_down < 0, core/sampling/flow_matching.py);
+# s_noise scales the step noise, 1 = exact.
+ETA_RANGE = (0.0, 1.0)
+S_NOISE_RANGE = (0.0, 2.0)
 WEIGHT_TOOLTIPS = {
     "uniform": "uniform = MultiDiffusion",
     "gaussian": "gaussian = Mixture-of-Diffusers bell",

@@ -13,7 +13,7 @@ from ..core.fusion.latent_fusion import sample_latent_fusion
 from ..core.canvas.micro_conditioning import window_size_conditioning
 from ..core.canvas.multidiffusion import chunks
 from ..core.canvas.windows import WEIGHT_MODES
-from ._common import (CanvasPlan, PlanCache, WindowSpec, check_image_latent,
+from ._common import (ETA_RANGE, S_NOISE_RANGE, CanvasPlan, PlanCache, WindowSpec, check_image_latent,
                       check_latent_values, check_numbers, check_option, check_patch_grid, check_pixels, check_strides,
                       core_error, first_failure, latent_factor, mad_tau, require,
                       size_conditioning_input, step_form, takes_size_conditioning, WindowBatchProgress, unet_alignment,
@@ -238,11 +238,11 @@ class VistaLatentFusionSampler(io.ComfyNode):
             inputs=[
                 *window_inputs("guided", " While Vista MAD is active (its first tau of the steps), all windows go in one "
                                          "call; after that, this batch size applies again."),
-                io.Float.Input("eta", default=0.0, min=0.0, max=1.0, step=0.01,
+                io.Float.Input("eta", default=0.0, min=ETA_RANGE[0], max=ETA_RANGE[1], step=0.01,
                                tooltip="Noise added per step: 0 = deterministic DDIM/euler, 1 = DDPM / euler ancestral. "
                                        "Flow-matching models (SD3, Flux) take ComfyUI's own flow ancestral step "
                                        "(euler_ancestral's RF form)."),
-                io.Float.Input("s_noise", default=1.0, min=0.0, max=2.0, step=0.01,
+                io.Float.Input("s_noise", default=1.0, min=S_NOISE_RANGE[0], max=S_NOISE_RANGE[1], step=0.01,
                                tooltip="Scale of the per-window step noise (only with eta > 0)."),
                 io.Boolean.Input("variance_corrected", default=True,
                                  tooltip="Variance-Corrected Fusion (GVCF eq. 14) for stochastic steps (eta > 0): keeps the "

@@ -19,6 +19,9 @@ After every few cases, and once at the end, a small good prompt must succeed: th
 Latents that no widget can make (16 channels with content, 5-D, NaN) come from stock ``LoadLatent`` reading a
 ``.latent`` file the test writes into the server's input folder (what a user's saved latent would be); Inf
 comes from stock nodes with in-range widget values alone (EmptyImage -> VAEEncode -> LatentMultiply x10, 45 times).
+Widget values the host cannot convert ("wide", null, {}), missing inputs and NaN/Infinity (which ``json.dumps``
+writes and the server's ``json.loads`` reads) go into the prompt as they are; a linked value comes from a stock
+``PrimitiveInt``/``PrimitiveFloat`` node (the host checks no range of a linked value).
 Run it with ``COMFYUI_PATH`` set, like test_e2e_workflows.py; the table in README's "Validation policy" lists these
 cases.
 """
@@ -244,6 +247,14 @@ def without_input(class_type: str, input: str) -> Callable[[dict], None]:
     return edit
 
 
+def huge_zoom_video(prompt: dict) -> None:
+    """Vista Zoom Video of 32 levels x 1000 frames at 1024 px (stock EmptyImage, 400 MB): 31,001 frames, 363 GiB."""
+    settings = add(prompt, "VistaZoomSettings", zoom_factor="2", levels=32)
+    images = add(prompt, "EmptyImage", width=1024, height=1024, batch_size=32, color=0)
+    only(prompt, "VistaZoomVideo")[1]["inputs"].update(images=[images, 0], zoom=[settings, 0], frames_per_level=1000,
+                                                       feather=0)
+
+
 # --- the table ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Case:
@@ -403,7 +414,11 @@ CASES = [
     error("zoom-size-not-2p", "VistaZoomNoise", "latent_image width/height",
           set_input("zoom", "EmptyLatentImage", width=72, height=72), "latent_image", "9x9 latent px",
           "multiples of 2·zoom_factor = 4 latent px"),
-    reject("zoom-eta-200", "zoom", "VistaZoomStackSampler", "eta", 200.0, "eta=200 must be in [0, 100] (default 1)"),
+    reject("zoom-prompts-blank", "zoom", "VistaZoomPrompts", "prompts", " \n \n",
+           "Vista Zoom Prompts: prompts is blank", "one line per zoom level"),
+    # one range per meaning: eta and s_noise as on the Latent Fusion Sampler
+    reject("zoom-eta-1.5", "zoom", "VistaZoomStackSampler", "eta", 1.5, "eta=1.5 must be in [0, 1] (default 1)"),
+    reject("zoom-s-noise-3", "zoom", "VistaZoomStackSampler", "s_noise", 3.0, "s_noise=3 must be in [0, 2]"),
     reject("zoom-photo-lr-0", "zoom", "VistaZoomStackSampler", "photo_lr", 0.0, "photo_lr=0 must be in [0.0001, 10]"),
     reject("zoom-eta-nan", "zoom", "VistaZoomStackSampler", "eta", float("nan"),
            "Vista Zoom Stack Sampler: eta=nan is not a finite number; it must be in [0, 1]"),
@@ -425,6 +440,9 @@ CASES = [
     reject("video-frames-0", "zoom", "VistaZoomVideo", "frames_per_level", 0, "smaller than min of 1"),
     error("video-feather-100", "VistaZoomVideo", "feather", set_input("zoom", "VistaZoomVideo", feather=100),
           "feather=100 px must be in [0, 16] px"),
+    error("video-31001-frames-1024px", "VistaZoomVideo", "frames_per_level", with_node("zoom", huge_zoom_video),
+          "31,001 frames ((levels 32 - 1) x frames_per_level 1000 + 1) of 1024x1024 px need an estimated",
+          "Refused before rendering", "lower frames_per_level", max_growth_gib=4.0),
 ]
 
 

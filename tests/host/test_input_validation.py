@@ -1,4 +1,4 @@
-"""Node tier: every number input of every Vista node is checked where ComfyUI's own checks stop (issue [H] 6, 7).
+"""Node tier: every number input of every Vista node is checked where ComfyUI's own checks stop (issue [H] 6, 7, 9).
 
 ComfyUI's min/max check lets NaN through (every comparison with NaN is false); it is skipped for every input a
 node's ``validate_inputs`` names; it never runs on a linked value; and ComfyUI still calls ``validate_inputs`` with
@@ -7,7 +7,8 @@ the raw value after its own conversion failed ("wide", ``None``, ``{}``). So, fo
 
 * every FLOAT input: ``validate_inputs`` refuses NaN, ±Inf and values outside the schema range with a message that
   names the node, the input, the value and the range; ``execute`` refuses the same (a linked value);
-* every input ``validate_inputs`` names: a value that is not a number is left to ComfyUI's own message (True).
+* every input ``validate_inputs`` names: a value that is not a number is left to ComfyUI's own message (True);
+* the zoom hints and the zoom video's budget (:func:`nodes.budget.check_video_budget`).
 
 The /prompt behaviour through a real server on both hosts is tests/host/test_bad_inputs.py.
 """
@@ -129,3 +130,63 @@ class TestValuesComfyUIRefusesItself:
             VistaTiledDiffusion.execute(None, 512, 512, 4, 128, "uniform", False, 4)
         with pytest.raises(ValueError, match=r"^Vista Tiled Diffusion: stride_x=640 px must be at most window_width"):
             VistaTiledDiffusion.execute(None, 512, 512, 640, 128, "uniform", False, 4)
+
+
+class TestZoomHints:
+    def test_blank_prompts_refused_at_prompt(self, nodes):
+        from vista.nodes.zoom import VistaZoomPrompts
+
+        message = VistaZoomPrompts.validate_inputs(" \n\t\n")
+        assert message.startswith("Vista Zoom Prompts: prompts is blank; write one prompt per line, one line per zoom "
+                                  "level"), message
+        assert VistaZoomPrompts.validate_inputs("a galaxy") is True and VistaZoomPrompts.validate_inputs(None) is True
+
+    @pytest.mark.parametrize("text, levels, says, never", [
+        ("\n  \n", 4, "prompts is blank", "set levels to 0"),
+        ("\n".join(f"line {i}" for i in range(40)), 4, "at most 32 levels", "set levels to 40"),
+        ("a\nb", 4, "or set levels to 2 on Vista Zoom Settings", "is blank")])
+    def test_the_fix_is_one_the_settings_allow(self, nodes, text, levels, says, never):
+        from vista.nodes.zoom_sampling import split_prompts
+
+        with pytest.raises(ValueError) as err:
+            split_prompts(text, levels)
+        assert says in str(err.value) and never not in str(err.value), str(err.value)
+
+    def test_one_range_for_eta_and_s_noise(self, nodes):
+        """eta and s_noise mean the same on both ancestral sampler nodes: one range each."""
+        io, node_list = nodes
+        ranges = {}
+        for node in node_list:
+            for spec in schema_inputs(node):
+                if spec.id in ("eta", "s_noise"):
+                    ranges.setdefault(spec.id, set()).add((spec.min, spec.max))
+        assert ranges == {"eta": {(0.0, 1.0)}, "s_noise": {(0.0, 2.0)}}, ranges
+
+
+class TestVideoBudget:
+    def test_refused_before_rendering(self, nodes):
+        """10^9 frames per level of two 64 px levels: ~45 TB, more than any machine has free; refused at once."""
+        from vista.core.zoom.stack import ZoomSettings
+        from vista.nodes.zoom import VistaZoomVideo
+
+        images = torch.rand(2, 64, 64, 3)
+        with pytest.raises(ValueError, match=r"^Vista Zoom Video: 1,000,000,001 frames \(\(levels 2 - 1\) x "
+                                             r"frames_per_level 1000000000 \+ 1\) of 64x64 px need an estimated "
+                                             r"[\d,.]+ GB, but only [\d,.]+ GB is free on cpu\. Refused before "
+                                             r"rendering; lower frames_per_level \(at most \d+ fits now\)"):
+            VistaZoomVideo.execute(images, ZoomSettings(2, 2), 10**9, 0)
+
+    def test_fit_is_the_largest_that_fits(self, nodes):
+        from vista.core.zoom.video import video_bytes
+        from vista.nodes.budget import video_fit
+
+        frame = 64 * 64 * 3 * 4
+        for levels in (1, 2, 5, 32):
+            for free in (frame * 3, frame * 7, frame * 1000, frame * 123457):
+                fit = video_fit(levels, frame, free)
+                if fit:
+                    assert video_bytes(levels, fit, 64, 64, 3) <= free
+                    if levels > 1:
+                        assert video_bytes(levels, fit + 1, 64, 64, 3) > free
+                else:
+                    assert video_bytes(levels, 1, 64, 64, 3) > free
