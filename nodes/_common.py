@@ -1,6 +1,7 @@
 """Shared glue between ComfyUI objects and core/: units, errors, interrupts, window plans, validation."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import comfy.model_base
@@ -310,6 +311,11 @@ def check_pixels(node: str, factor: int, **sizes: int) -> None:
 
 WINDOW_PX = (64, 16384)  # schema min/max of window sizes in image px
 STRIDE_MIN_PX = 8
+# One range per meaning on every ancestral sampler node (Latent Fusion, Zoom Stack): eta 0 = DDIM/euler, 1 = DDPM /
+# euler ancestral (above 1 the rectified-flow step of SD3/Flux can leave sigma_down < 0, core/sampling/flow_matching.py);
+# s_noise scales the step noise, 1 = exact.
+ETA_RANGE = (0.0, 1.0)
+S_NOISE_RANGE = (0.0, 2.0)
 WEIGHT_TOOLTIPS = {
     "uniform": "uniform = MultiDiffusion",
     "gaussian": "gaussian = Mixture-of-Diffusers bell",
@@ -347,20 +353,84 @@ def window_inputs(weight_default: str, batch_note: str = "") -> list:
     ]
 
 
+def is_number(value) -> bool:
+    """Whether ``validate_inputs`` received a number to check.
+
+    ComfyUI calls ``validate_inputs`` even when it has already refused a widget value itself, with the raw value:
+    ``None`` for a linked input (known only when the node runs) or a missing one ("Required input is missing"),
+    and the unconverted value ("wide", ``{}``) when its own conversion failed ("Failed to convert an input value to
+    a INT value: window_width, wide, …", on that input alone). Those are left to ComfyUI's message: the check
+    skips them rather than fail on a comparison (execution.py ``validate_inputs``, v0.3.64 and v0.33.0).
+    """
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _number(x) -> str:
+    """A number as messages print it: ints as they are, floats short (``nan``, ``inf``, ``0.0001``, ``1000``)."""
+    return str(x) if isinstance(x, int) else format(x, ".6g")
+
+
+def number_error(node: str, name: str, value, low, high, default=None, unit: str = "") -> str | None:
+    """The message for a number outside ``[low, high]`` or not finite; None when it is fine.
+
+    NaN passes ComfyUI's own min/max check (every comparison with NaN is false), and JSON's ``NaN``/``Infinity``
+    and the strings "nan"/"inf" all reach a FLOAT input through /prompt (Python's json and ``float`` accept them).
+    """
+    u = f" {unit}" if unit else ""
+    span = f"[{_number(low)}, {_number(high)}]{u}" + (f" (default {_number(default)}{u})" if default is not None else "")
+    if not math.isfinite(value):
+        return f"{node}: {name}={_number(value)} is not a finite number; it must be in {span}"
+    if not low <= value <= high:
+        return f"{node}: {name}={_number(value)}{u} must be in {span}"
+    return None
+
+
+def check_numbers(node: str, schema: io.Schema, **values) -> bool | str:
+    """validate_inputs rule for number widgets: each named value finite and in its schema range (min/max, default).
+
+    Naming an input in ``validate_inputs`` removes ComfyUI's own min/max check for it, and that check lets NaN
+    through anyway; values that are not numbers are ComfyUI's to report (:func:`is_number`).
+    """
+    specs = {spec.id: spec for spec in schema.inputs}
+    for name, value in values.items():
+        spec = specs[name]
+        message = number_error(node, name, value, spec.min, spec.max, spec.default) if is_number(value) else None
+        if message:
+            return message
+    return True
+
+
+def require(result: bool | str) -> None:
+    """When the node runs: raise a validate_inputs-style failure as a ValueError.
+
+    ComfyUI range-checks only widget values; a linked value (a Primitive node's output) is None to
+    ``validate_inputs`` and unchecked by the host, so ``execute`` runs the same rules on it.
+    """
+    if result is not True:
+        raise ValueError(result)
+
+
+def first_failure(*results: bool | str) -> bool | str:
+    """The first failed validate_inputs-style result, else True."""
+    return next((r for r in results if r is not True), True)
+
+
 def check_strides(node: str, window_width: int, window_height: int, stride_x: int, stride_y: int) -> bool | str:
     """validate_inputs rule shared by windowed nodes: each stride at most its window.
 
     Naming these inputs in ``validate_inputs`` removes ComfyUI's automatic min/max check for
-    them, so their schema ranges are re-checked first, each with its own message.
+    them, so their schema ranges are re-checked first, each with its own message. A value that is
+    not a number (linked, missing, or refused by ComfyUI's conversion) is skipped (:func:`is_number`).
     """
     ranges = (("window_width", window_width, WINDOW_PX), ("window_height", window_height, WINDOW_PX),
               ("stride_x", stride_x, (STRIDE_MIN_PX, WINDOW_PX[1])), ("stride_y", stride_y, (STRIDE_MIN_PX, WINDOW_PX[1])))
     for name, value, (low, high) in ranges:
-        if not low <= value <= high:
-            return f"{node}: {name}={value} px must be in [{low}, {high}] px"
+        message = number_error(node, name, value, low, high, unit="px") if is_number(value) else None
+        if message:
+            return message
     for stride, window, sname, wname in ((stride_x, window_width, "stride_x", "window_width"),
                                          (stride_y, window_height, "stride_y", "window_height")):
-        if stride > window:
+        if is_number(stride) and is_number(window) and stride > window:
             return (f"{node}: {sname}={stride} px must be at most {wname}={window} px; a stride larger than the "
                     f"window leaves gaps between windows")
     return True

@@ -1,11 +1,13 @@
 """Refuse a canvas that cannot fit and warn about an expensive one, before sampling allocates (issue [F] 2).
 
-The arithmetic is :mod:`core.canvas.budget`; this module reads the UNet's levels from the host's model, the
-free memory from ``comfy.model_management.get_free_memory`` and words the messages. Two entry points:
+The arithmetic is :mod:`core.canvas.budget` (and :func:`core.zoom.video.video_bytes`); this module reads the UNet's
+levels from the host's model, the free memory from ``comfy.model_management.get_free_memory`` and words the
+messages. Three entry points:
 
 * :func:`check_canvas_budget` — for the samplers, once per canvas plan, before any window is cropped;
 * :func:`check_merged_call` — Vista MAD Attention's last line of defence: a ``DIFFUSION_MODEL`` wrapper
-  checks every merged model call (all windows in one batch) before the network allocates anything.
+  checks every merged model call (all windows in one batch) before the network allocates anything;
+* :func:`check_video_budget` — Vista Zoom Video, before the first frame is rendered.
 """
 from __future__ import annotations
 
@@ -14,12 +16,13 @@ import comfy.ldm.modules.diffusionmodules.openaimodel as openaimodel
 import comfy.model_management
 import torch
 
-from ..core.canvas.budget import (GIB, CanvasBudget, UNetGeometry, estimate_canvas_budget, merged_attention_bytes,
-                           unet_window_elements)
+from ..core.canvas.budget import (GIB, TIGHT_FRACTION, CanvasBudget, UNetGeometry, estimate_canvas_budget,
+                                  merged_attention_bytes, unet_window_elements)
 from ..core.checks import VistaInputError
+from ..core.zoom.video import WORKING_FRAMES, frame_count, video_bytes
 from .notify import warn_user
 
-__all__ = ["unet_geometry", "compute_dtype", "check_canvas_budget", "check_merged_call"]
+__all__ = ["unet_geometry", "compute_dtype", "check_canvas_budget", "check_merged_call", "check_video_budget"]
 
 BUDGET_CACHE_KEY = "vista_budget_checked"
 
@@ -187,3 +190,32 @@ def check_merged_call(node: str, geometry: UNetGeometry | None, layout, x: torch
         run = describe_run(layout.canvas_hw, window_hw, plan_stride(layout), layout.batch, factor)
         raise ValueError(refusal(node, budget, run, free, device, True))
     layout.cache[key] = True
+
+
+def video_fit(levels: int, frame_bytes: int, free: int) -> int:
+    """The largest frames_per_level whose video fits in ``free`` bytes (0: not even one; any for one level)."""
+    frames = free // frame_bytes - WORKING_FRAMES
+    return max(0, (frames - 1) // (levels - 1)) if levels > 1 else (1 if frames >= 1 else 0)
+
+
+def check_video_budget(node: str, images: torch.Tensor, frames_per_level: int) -> None:
+    """Refuse (ValueError) a zoom video whose frames cannot fit in the free memory of the images' device, before
+    rendering; warn when it takes most of it (the saving nodes after it need memory too).
+
+    The frames are one ``(F, H, W, C)`` tensor of the images' dtype (:func:`core.zoom.video.video_bytes`), with
+    ``F = (N − 1) · frames_per_level + 1``: 32 levels x 1000 frames of 512 px is 31,001 frames, 91 GiB in float32.
+    """
+    n, h, w, c = images.shape
+    need = video_bytes(n, frames_per_level, h, w, c, images.element_size())
+    free = int(comfy.model_management.get_free_memory(images.device))
+    run = (f"{frame_count(n, frames_per_level):,} frames ((levels {n} - 1) x frames_per_level {frames_per_level} + 1) "
+           f"of {w}x{h} px")
+    if need > free:
+        fit = video_fit(n, h * w * c * images.element_size(), free)
+        fix = (f"lower frames_per_level (at most {fit} fits now) or scale the images down" if fit else
+               "scale the images down (not even one frame per level fits)")
+        raise ValueError(f"{node}: {run} need an estimated {_gb(need)}, but only {_gb(free)} is free on "
+                         f"{images.device}. Refused before rendering; {fix}")
+    if need > TIGHT_FRACTION * free:
+        warn_user(node, f"{node}: {run} need an estimated {_gb(need)} of the {_gb(free)} free on {images.device}; "
+                        f"saving them needs more, so it may run out of memory (lower frames_per_level)")

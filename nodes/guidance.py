@@ -24,7 +24,7 @@ from ..core.guidance.lpips import LPIPS_ALEX_WEIGHTS, LPIPS_NETS, lpips, lpips_n
 from ..core.guidance.msd import LevelPlan, MultiScale, level_plans
 from ..core.sampling.noise_streams import step_noise_seed
 from ..core.guidance.syncdiffusion import SyncDiffusion, anchor_window
-from ._common import CanvasPlan, core_error
+from ._common import CanvasPlan, check_numbers, core_error, require
 from .differentiable import WeightCopies, differentiable_decoder, differentiable_denoiser
 
 SYNC_NODE = "Vista SyncDiffusion"
@@ -200,8 +200,13 @@ class VistaSyncDiffusion(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, weight: float = None, decay: float = None) -> bool | str:
+        return check_numbers(SYNC_NODE, cls.define_schema(), weight=weight, decay=decay)
+
+    @classmethod
     def execute(cls, weight: float, decay: float, guided_steps: int, lpips_net: str, decoder: str,
                 vae=None) -> io.NodeOutput:
+        require(cls.validate_inputs(weight, decay))  # linked values
         if decoder == "vae" and vae is None:
             raise ValueError(f"{SYNC_NODE}: decoder=vae needs the vae input connected (the model's VAE), or set "
                              f"decoder=taesd")
@@ -243,5 +248,10 @@ class VistaMultiScaleDiffusion(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, weight: float = None, guided_fraction: float = None) -> bool | str:
+        return check_numbers(MSD_NODE, cls.define_schema(), weight=weight, guided_fraction=guided_fraction)
+
+    @classmethod
     def execute(cls, levels: int, weight: float, guided_fraction: float, noise_level: str) -> io.NodeOutput:
+        require(cls.validate_inputs(weight, guided_fraction))  # linked values
         return io.NodeOutput(MultiScaleSpec(levels, weight, guided_fraction, noise_level))

@@ -13,8 +13,9 @@ from ..core.fusion.latent_fusion import sample_latent_fusion
 from ..core.canvas.micro_conditioning import window_size_conditioning
 from ..core.canvas.multidiffusion import chunks
 from ..core.canvas.windows import WEIGHT_MODES
-from ._common import (CanvasPlan, PlanCache, WindowSpec, check_image_latent, check_latent_values, check_option,
-                      check_patch_grid, check_pixels, check_strides, core_error, latent_factor, mad_tau,
+from ._common import (ETA_RANGE, S_NOISE_RANGE, CanvasPlan, PlanCache, WindowSpec, check_image_latent,
+                      check_latent_values, check_numbers, check_option, check_patch_grid, check_pixels, check_strides,
+                      core_error, first_failure, latent_factor, mad_tau, require,
                       size_conditioning_input, step_form, takes_size_conditioning, WindowBatchProgress, unet_alignment,
                       window_inputs, with_layout)
 from .budget import check_canvas_budget
@@ -167,7 +168,10 @@ class LatentFusionSampler(comfy.samplers.Sampler):
         stride_hw = spec.latent_stride((plan.windows[0].h, plan.windows[0].w))
         run = GuidedRun(model_wrap, extra_args["model_options"], extra_args.get("seed"), plan, canvas_hw, stride_hw,
                         spec.wrap_x, self.weight_mode, self.batch_size)
-        guidance, copies = self.guidance.build(run)
+        try:
+            guidance, copies = self.guidance.build(run)
+        except VistaInputError as e:
+            raise core_error(self.guidance.node, e) from e
         log_memory(self.guidance, copies)
         return guidance, copies
 
@@ -234,11 +238,11 @@ class VistaLatentFusionSampler(io.ComfyNode):
             inputs=[
                 *window_inputs("guided", " While Vista MAD is active (its first tau of the steps), all windows go in one "
                                          "call; after that, this batch size applies again."),
-                io.Float.Input("eta", default=0.0, min=0.0, max=1.0, step=0.01,
+                io.Float.Input("eta", default=0.0, min=ETA_RANGE[0], max=ETA_RANGE[1], step=0.01,
                                tooltip="Noise added per step: 0 = deterministic DDIM/euler, 1 = DDPM / euler ancestral. "
                                        "Flow-matching models (SD3, Flux) take ComfyUI's own flow ancestral step "
                                        "(euler_ancestral's RF form)."),
-                io.Float.Input("s_noise", default=1.0, min=0.0, max=2.0, step=0.01,
+                io.Float.Input("s_noise", default=1.0, min=S_NOISE_RANGE[0], max=S_NOISE_RANGE[1], step=0.01,
                                tooltip="Scale of the per-window step noise (only with eta > 0)."),
                 io.Boolean.Input("variance_corrected", default=True,
                                  tooltip="Variance-Corrected Fusion (GVCF eq. 14) for stochastic steps (eta > 0): keeps the "
@@ -252,14 +256,17 @@ class VistaLatentFusionSampler(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, window_width: int, window_height: int, stride_x: int, stride_y: int) -> bool | str:
-        return check_strides(NODE, window_width, window_height, stride_x, stride_y)
+    def validate_inputs(cls, window_width: int = None, window_height: int = None, stride_x: int = None,
+                        stride_y: int = None, eta: float = None, s_noise: float = None) -> bool | str:
+        return first_failure(check_strides(NODE, window_width, window_height, stride_x, stride_y),
+                             check_numbers(NODE, cls.define_schema(), eta=eta, s_noise=s_noise))
 
     @classmethod
     def execute(cls, window_width: int, window_height: int, stride_x: int, stride_y: int, weight_mode: str,
                 wrap_x: bool, window_batch_size: int, eta: float, s_noise: float, variance_corrected: bool,
                 guidance=None, window_size_conditioning: bool = True) -> io.NodeOutput:
         check_option(NODE, "weight_mode", weight_mode, WEIGHT_MODES)
+        require(cls.validate_inputs(window_width, window_height, stride_x, stride_y, eta, s_noise))  # linked values
         spec = {"window_width": window_width, "window_height": window_height, "stride_x": stride_x,
                 "stride_y": stride_y, "wrap_x": wrap_x}
         return io.NodeOutput(LatentFusionSampler(spec, weight_mode, window_batch_size, eta, s_noise, variance_corrected,

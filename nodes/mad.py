@@ -8,7 +8,7 @@ from comfy_api.latest import io
 
 from ..core.mad.attention_merge import MAD_LAYOUT_KEY, MAD_TAU_KEY, mad_attention_patch
 from ..core.canvas.budget import UNetGeometry
-from ._common import latent_factor
+from ._common import check_numbers, latent_factor, require
 from .budget import check_merged_call, unet_geometry
 
 NODE = "Vista MAD Attention"
@@ -92,7 +92,12 @@ class VistaMADAttention(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, tau: float = None) -> bool | str:
+        return check_numbers(NODE, cls.define_schema(), tau=tau)
+
+    @classmethod
     def execute(cls, model, tau: float, input_blocks: bool, middle_block: bool, output_blocks: bool) -> io.NodeOutput:
+        require(cls.validate_inputs(tau))  # a linked value
         names = tuple(n for n, on in zip(BLOCKS, (input_blocks, middle_block, output_blocks)) if on)
         diffusion_model = model.get_model_object("diffusion_model")
         refuse_non_unet(diffusion_model)

@@ -8,7 +8,7 @@ from comfy_api.latest import io
 
 from ..core.checks import VistaInputError
 from ..core.fusion.style_alignment import reference_from_canvas, style_align_noise
-from ._common import check_image_latent, check_pixels, clamp_notice, core_error, latent_factor
+from ._common import check_image_latent, check_numbers, check_pixels, clamp_notice, core_error, latent_factor, require
 from .notify import warn_user
 
 NODE = "Vista Style Alignment"
@@ -84,8 +84,13 @@ class VistaStyleAlignment(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, alpha: float = None) -> bool | str:
+        return check_numbers(NODE, cls.define_schema(), alpha=alpha)
+
+    @classmethod
     def execute(cls, model, noise_seed: int, window_width: int, window_height: int, alpha: float,
                 reference: str) -> io.NodeOutput:
+        require(cls.validate_inputs(alpha))  # a linked value
         factor = latent_factor(model)
         check_pixels(NODE, factor, window_width=window_width, window_height=window_height)
         return io.NodeOutput(StyleAlignedNoise(noise_seed, (window_height, window_width), factor, alpha, reference))

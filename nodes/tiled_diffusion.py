@@ -12,7 +12,7 @@ from ..core.canvas.conditioning import window_call_kwargs
 from ..core.canvas.multidiffusion import multidiffusion_predict
 from ..core.canvas.windows import WEIGHT_MODES, repeat_for_windows
 from ._common import (PlanCache, WindowBatchProgress, WindowSpec, check_image_latent, check_latent_values, check_option,
-                      check_patch_grid, check_pixels, check_strides, core_error, latent_factor, mad_tau,
+                      check_patch_grid, check_pixels, check_strides, core_error, latent_factor, mad_tau, require,
                       size_conditioning_input, takes_size_conditioning, unet_alignment, window_inputs, with_layout)
 from .memory import WindowBatchReservation
 
@@ -107,13 +107,15 @@ class VistaTiledDiffusion(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, window_width: int, window_height: int, stride_x: int, stride_y: int) -> bool | str:
+    def validate_inputs(cls, window_width: int = None, window_height: int = None, stride_x: int = None,
+                        stride_y: int = None) -> bool | str:
         return check_strides(NODE, window_width, window_height, stride_x, stride_y)
 
     @classmethod
     def execute(cls, model, window_width: int, window_height: int, stride_x: int, stride_y: int,
                 weight_mode: str, wrap_x: bool, window_batch_size: int, window_size_conditioning: bool = True) -> io.NodeOutput:
         check_option(NODE, "weight_mode", weight_mode, WEIGHT_MODES)
+        require(cls.validate_inputs(window_width, window_height, stride_x, stride_y))  # linked values
         factor = latent_factor(model)
         check_pixels(NODE, factor, window_width=window_width, window_height=window_height, stride_x=stride_x, stride_y=stride_y)
         check_patch_grid(NODE, model, window_width=window_width, window_height=window_height)

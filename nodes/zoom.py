@@ -13,9 +13,11 @@ from ..core.checks import VistaInputError
 from ..core.zoom.stack import ZoomSettings
 from ..core.zoom.composite import composite_levels
 from ..core.zoom.video import zoom_video_frames
-from ._common import core_error
-from .zoom_sampling import (NOISE_NODE, PROMPTS_NODE, SAMPLER_NODE, SETTINGS_NODE, ZOOM_OPTIONS, ZoomNoise,
-                            ZoomStackSampler, check_levels, split_prompts, stack_conditioning)
+from ._common import ETA_RANGE, S_NOISE_RANGE, check_numbers, core_error, require
+from .budget import check_video_budget
+from .zoom_sampling import (LEVELS_RANGE, NOISE_NODE, PROMPTS_NODE, SAMPLER_NODE, SETTINGS_NODE, ZOOM_OPTIONS,
+                            ZoomNoise, ZoomStackSampler, blank_prompts, check_levels, split_prompts,
+                            stack_conditioning)
 
 VIDEO_NODE = "Vista Zoom Video"
 COMPOSITE_NODE = "Vista Zoom Composite"
@@ -56,7 +58,7 @@ class VistaZoomSettings(io.ComfyNode):
                 io.Combo.Input("zoom_factor", options=ZOOM_OPTIONS, default="2",
                                tooltip="Zoom between consecutive levels (p): level i+1 shows the central 1/p x 1/p "
                                        "of level i (paper: 2 or 4)."),
-                io.Int.Input("levels", default=4, min=1, max=32,
+                io.Int.Input("levels", default=4, min=LEVELS_RANGE[0], max=LEVELS_RANGE[1],
                              tooltip="Number of zoom levels N (= prompt lines = latent batch = decoded images); the "
                                      "deepest level is zoomed in p^(N-1) times."),
             ],
@@ -96,6 +98,10 @@ class VistaZoomPrompts(io.ComfyNode):
             outputs=[io.Conditioning.Output(display_name="CONDITIONING",
                                             tooltip="Positive conditioning of batch N (one prompt per level).")],
         )
+
+    @classmethod
+    def validate_inputs(cls, prompts: str = None) -> bool | str:
+        return blank_prompts() if isinstance(prompts, str) and not prompts.strip() else True
 
     @classmethod
     def execute(cls, zoom: ZoomSettings, clip, prompts: str) -> io.NodeOutput:
@@ -147,10 +153,10 @@ class VistaZoomStackSampler(io.ComfyNode):
                          "as its euler_ancestral)."),
             inputs=[
                 zoom_input(),
-                io.Float.Input("eta", default=1.0, min=0.0, max=100.0, step=0.01,
+                io.Float.Input("eta", default=1.0, min=ETA_RANGE[0], max=ETA_RANGE[1], step=0.01,
                                tooltip="Ancestral noise per step: 1 = DDPM (the paper), 0 = deterministic DDIM. "
                                        "On SD3/Flux the step is ComfyUI's RF form (as its euler_ancestral)."),
-                io.Float.Input("s_noise", default=1.0, min=0.0, max=100.0, step=0.01,
+                io.Float.Input("s_noise", default=1.0, min=S_NOISE_RANGE[0], max=S_NOISE_RANGE[1], step=0.01,
                                tooltip="Scale of the added per-step noise (1 = exact)."),
                 io.Int.Input("photo_steps", default=5, min=0, max=100,
                              tooltip="Adam steps on the photo loss before each blending (paper: 5)."),
@@ -167,8 +173,15 @@ class VistaZoomStackSampler(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, eta: float = None, s_noise: float = None, photo_lr: float = None,
+                        photo_until: float = None) -> bool | str:
+        return check_numbers(SAMPLER_NODE, cls.define_schema(), eta=eta, s_noise=s_noise, photo_lr=photo_lr,
+                             photo_until=photo_until)
+
+    @classmethod
     def execute(cls, zoom: ZoomSettings, eta: float, s_noise: float, photo_steps: int, photo_lr: float,
                 photo_until: float, photo: dict | None = None) -> io.NodeOutput:
+        require(cls.validate_inputs(eta, s_noise, photo_lr, photo_until))  # linked values
         photo_settings = {"steps": photo_steps, "lr": photo_lr, "until": photo_until}
         return io.NodeOutput(ZoomStackSampler(zoom, eta, s_noise, photo, photo_settings))
 
@@ -231,6 +244,7 @@ class VistaZoomVideo(io.ComfyNode):
     @classmethod
     def execute(cls, images, zoom: ZoomSettings, frames_per_level: int, feather: int) -> io.NodeOutput:
         check_levels(VIDEO_NODE, "images", images.shape[0], zoom, DECODE_ALL)
+        check_video_budget(VIDEO_NODE, images, frames_per_level)
         try:
             return io.NodeOutput(zoom_video_frames(images, zoom.p, frames_per_level, feather))
         except VistaInputError as e:

@@ -25,15 +25,27 @@ SETTINGS_NODE = "Vista Zoom Settings"
 LINK_LEVELS = f"link {SETTINGS_NODE}' levels output to the EmptyLatentImage batch_size"
 PROMPT_COUNT_KEY = "vista_zoom_prompts"  # CONDITIONING dict key: the number of stacked level prompts
 ZOOM_OPTIONS = [str(p) for p in ZOOM_FACTORS]
+LEVELS_RANGE = (1, 32)  # Vista Zoom Settings' levels (schema min/max)
+
+
+def blank_prompts(levels: int | None = None) -> str:
+    """The message for a prompts text without a non-blank line."""
+    count = f"levels={levels} lines" if levels is not None else f"as many lines as the levels of {SETTINGS_NODE}"
+    return (f"{PROMPTS_NODE}: prompts is blank; write one prompt per line, one line per zoom level ({count}), "
+            f"the most zoomed-out first")
 
 
 def split_prompts(text: str, levels: int) -> list[str]:
     """One prompt per non-blank line, stripped (level 0 = first line = most zoomed-out); one per level."""
     prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError(blank_prompts(levels))
     if len(prompts) != levels:
+        low, high = LEVELS_RANGE
+        other = (f", or set levels to {len(prompts)} on {SETTINGS_NODE}" if low <= len(prompts) <= high else
+                 f" ({SETTINGS_NODE} takes at most {high} levels)")
         raise ValueError(f"{PROMPTS_NODE}: prompts has {len(prompts)} non-blank lines but the zoom settings have "
-                         f"levels={levels}; write one prompt line per zoom level, or set levels to {len(prompts)} "
-                         f"on {SETTINGS_NODE}")
+                         f"levels={levels}; write one prompt line per zoom level{other}")
     return prompts
 
 

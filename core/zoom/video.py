@@ -29,7 +29,12 @@ from ..checks import check, check_shape
 from .stack import ZOOM_FACTORS
 from .composite import check_feather
 
-__all__ = ["frame_count", "level_weight", "zoom_video_frames"]
+__all__ = ["WORKING_FRAMES", "frame_count", "video_bytes", "level_weight", "zoom_video_frames"]
+
+WORKING_FRAMES = 8
+"""Frame-sized temporaries while one frame is made, in frames of ``H·W·C``: the sampling grid and a level's
+coordinates, its area-downscaled copy and sample, its weight and the weight's intermediates, the frame and its blend
+(measured with a storage counter: at most 5.6 frames beyond the output at ``C = 3``, tests/core/zoom/test_stack.py)."""
 
 
 def frame_count(levels: int, frames_per_level: int) -> int:
@@ -42,6 +47,27 @@ def frame_count(levels: int, frames_per_level: int) -> int:
     9
     """
     return (levels - 1) * frames_per_level + 1
+
+
+def video_bytes(levels: int, frames_per_level: int, height: int, width: int, channels: int, itemsize: int = 4) -> int:
+    """Memory :func:`zoom_video_frames` allocates: its output plus :data:`WORKING_FRAMES` frames of temporaries.
+
+    ``(F + WORKING_FRAMES)·H·W·C·itemsize`` with ``F`` = :func:`frame_count` (the frames are written into one
+    preallocated tensor, so nothing else grows with ``F``). Integer arithmetic, nothing is allocated: check it
+    against the free memory before rendering (the output grows as ``levels x frames_per_level x H x W``).
+
+    Args:
+        levels, frames_per_level: the stack's levels ``N`` (>= 1) and the frames per zoom step (>= 1).
+        height, width, channels: the level size in px and its channels (``IMAGE``: ``C = 3``).
+        itemsize: bytes per element (4 for ComfyUI's float32 images).
+
+    >>> round(video_bytes(32, 1000, 512, 512, 3) / 2**30, 1)  # 31,001 frames of 512 px, float32: GiB
+    90.8
+    """
+    check(min(levels, frames_per_level, height, width, channels, itemsize) >= 1,
+          f"levels, frames_per_level, height, width, channels and itemsize must be >= 1, got "
+          f"{(levels, frames_per_level, height, width, channels, itemsize)}")
+    return (frame_count(levels, frames_per_level) + WORKING_FRAMES) * height * width * channels * itemsize
 
 
 def _pixel_grid(h: int, w: int, device, dtype) -> torch.Tensor:
@@ -115,7 +141,8 @@ def zoom_video_frames(images: torch.Tensor, p: int, frames_per_level: int, feath
         feather: px (of the outer level) over which a deeper level fades in, ``0 … max_feather``
             (see the module's convention; use the composite's feather); 0 = hard edges.
 
-    Shape: ``(N, H, W, C)`` → ``(F, H, W, C)`` with ``F = (N − 1) · frames_per_level + 1``.
+    Shape: ``(N, H, W, C)`` → ``(F, H, W, C)`` with ``F = (N − 1) · frames_per_level + 1``; the frames are
+    written into one tensor allocated up front (:func:`video_bytes` is the memory this takes).
 
     >>> zoom_video_frames(torch.rand(2, 8, 8, 3), 2, 4).shape
     torch.Size([5, 8, 8, 3])
@@ -125,7 +152,9 @@ def zoom_video_frames(images: torch.Tensor, p: int, frames_per_level: int, feath
     check(images.shape[0] >= 1, f"images must hold at least one level, got N={images.shape[0]}")
     check(frames_per_level >= 1, f"frames_per_level must be >= 1, got {frames_per_level}")
     check_feather(images.shape[1], images.shape[2], p, feather)
+    n, h, w, c = images.shape
     renders = rearrange(images, "n h w c -> n c h w")
-    frames = [_zoom_frame(renders, p, f / frames_per_level, feather)
-              for f in range(frame_count(images.shape[0], frames_per_level))]
-    return rearrange(torch.stack(frames), "f c h w -> f h w c")
+    frames = images.new_empty((frame_count(n, frames_per_level), h, w, c))
+    for f in range(frames.shape[0]):
+        frames[f] = rearrange(_zoom_frame(renders, p, f / frames_per_level, feather), "c h w -> h w c")
+    return frames

@@ -19,6 +19,9 @@ After every few cases, and once at the end, a small good prompt must succeed: th
 Latents that no widget can make (16 channels with content, 5-D, NaN) come from stock ``LoadLatent`` reading a
 ``.latent`` file the test writes into the server's input folder (what a user's saved latent would be); Inf
 comes from stock nodes with in-range widget values alone (EmptyImage -> VAEEncode -> LatentMultiply x10, 45 times).
+Widget values the host cannot convert ("wide", null, {}), missing inputs and NaN/Infinity (which ``json.dumps``
+writes and the server's ``json.loads`` reads) go into the prompt as they are; a linked value comes from a stock
+``PrimitiveInt``/``PrimitiveFloat`` node (the host checks no range of a linked value).
 Run it with ``COMFYUI_PATH`` set, like test_e2e_workflows.py; the table in README's "Validation policy" lists these
 cases.
 """
@@ -237,6 +240,28 @@ def one_huge_window(prompt: dict) -> None:
                                                              stride_y=16384, window_batch_size=1)
 
 
+def linked(class_type: str, input: str, source: str, value) -> Callable[[dict], None]:
+    """``class_type``'s ``input`` linked from a stock primitive node (``PrimitiveInt``/``PrimitiveFloat``) holding
+    ``value``: /prompt's validate_inputs sees None, and the host checks no range of a linked value."""
+    def edit(prompt: dict) -> None:
+        only(prompt, class_type)[1]["inputs"][input] = [add(prompt, source, value=value), 0]
+    return edit
+
+
+def without_input(class_type: str, input: str) -> Callable[[dict], None]:
+    def edit(prompt: dict) -> None:
+        del only(prompt, class_type)[1]["inputs"][input]
+    return edit
+
+
+def huge_zoom_video(prompt: dict) -> None:
+    """Vista Zoom Video of 32 levels x 1000 frames at 1024 px (stock EmptyImage, 400 MB): 31,001 frames, 363 GiB."""
+    settings = add(prompt, "VistaZoomSettings", zoom_factor="2", levels=32)
+    images = add(prompt, "EmptyImage", width=1024, height=1024, batch_size=32, color=0)
+    only(prompt, "VistaZoomVideo")[1]["inputs"].update(images=[images, 0], zoom=[settings, 0], frames_per_level=1000,
+                                                       feather=0)
+
+
 # --- the table ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Case:
@@ -275,6 +300,21 @@ CASES = [
     reject("td-window-20000px", "td", "VistaTiledDiffusion", "window_width", 20000,
            "window_width=20000 px must be in [64, 16384] px"),
     reject("td-batch-0", "td", "VistaTiledDiffusion", "window_batch_size", 0, "smaller than min of 1"),
+    # a non-number in a window input: the host's own conversion message, on that input (not an exception on model)
+    reject("td-window-wide", "td", "VistaTiledDiffusion", "window_width", "wide",
+           "Failed to convert an input value to a INT value", "window_width, wide"),
+    reject("td-stride-null", "td", "VistaTiledDiffusion", "stride_y", None,
+           "Failed to convert an input value to a INT value", "stride_y, None"),
+    reject("td-window-object", "td", "VistaTiledDiffusion", "window_height", {},
+           "Failed to convert an input value to a INT value", "window_height, {}"),
+    Case("td-stride-missing", "VistaTiledDiffusion", "stride_x",
+         with_node("td", without_input("VistaTiledDiffusion", "stride_x")), "reject", ("Required input is missing",)),
+    # a linked window input (a stock Int node): checked when the node runs
+    Case("td-stride-linked", "VistaTiledDiffusion", "stride_x",
+         with_node("td", linked("VistaTiledDiffusion", "stride_x", "PrimitiveInt", 64)), "ok"),
+    error("td-stride-linked-over-window", "VistaTiledDiffusion", "stride_x",
+          with_node("td", linked("VistaTiledDiffusion", "stride_x", "PrimitiveInt", 256)),
+          "stride_x=256 px must be at most window_width=128 px"),
     reject("td-weight-mode", "td", "VistaTiledDiffusion", "weight_mode", "triangle", "not in", "'uniform'",
            run_says=("weight_mode", "triangle", "uniform", "gaussian", "guided")),
     # not an error: the host gives an all-zero latent the model's channel count (comfy.sample.fix_empty_latent_channels)
@@ -291,8 +331,14 @@ CASES = [
           loaded_latent("td", "vista_sweep_nan.latent", nan_latent((1, 4, 16, 32))), "NaN"),
     error("td-inf-latent", "VistaTiledDiffusion", "latent_image", with_node("td", inf_latent_by_stock_nodes), "Inf"),
     # Vista MAD Attention, and canvases that would exhaust memory (refused by the samplers' budget check)
-    reject("mad-tau-1.5", "mad", "VistaMADAttention", "tau", 1.5, "bigger than max of 1.0"),
-    reject("mad-tau-negative", "mad", "VistaMADAttention", "tau", -0.1, "smaller than min of 0.0"),
+    reject("mad-tau-1.5", "mad", "VistaMADAttention", "tau", 1.5, "Vista MAD Attention: tau=1.5 must be in [0, 1]"),
+    reject("mad-tau-negative", "mad", "VistaMADAttention", "tau", -0.1, "tau=-0.1 must be in [0, 1] (default 0.3)"),
+    # NaN passes the host's min/max (comparisons with NaN are false); JSON NaN/Infinity and "nan" reach /prompt
+    reject("mad-tau-nan", "mad", "VistaMADAttention", "tau", float("nan"),
+           "Vista MAD Attention: tau=nan is not a finite number; it must be in [0, 1] (default 0.3)"),
+    error("mad-tau-linked-nan", "VistaMADAttention", "tau",
+          with_node("mad", linked("VistaMADAttention", "tau", "PrimitiveFloat", float("nan"))),
+          "tau=nan is not a finite number", "[0, 1]"),
     error("mad-no-blocks", "VistaMADAttention", "input_blocks",
           set_input("mad", "VistaMADAttention", input_blocks=False, middle_block=False, output_blocks=False),
           "enable input_blocks/middle_block/output_blocks"),
@@ -312,8 +358,17 @@ CASES = [
     reject("lfs-stride-0", "lfs", "VistaLatentFusionSampler", "stride_y", 0, "stride_y=0 px must be in [8, 16384] px"),
     reject("lfs-stride-over-window", "lfs", "VistaLatentFusionSampler", "stride_y", 192,
            "stride_y=192 px must be at most window_height=128 px"),
-    reject("lfs-eta-1.5", "lfs", "VistaLatentFusionSampler", "eta", 1.5, "bigger than max of 1.0"),
-    reject("lfs-s-noise-negative", "lfs", "VistaLatentFusionSampler", "s_noise", -1.0, "smaller than min of 0.0"),
+    reject("lfs-eta-1.5", "lfs", "VistaLatentFusionSampler", "eta", 1.5, "eta=1.5 must be in [0, 1]"),
+    reject("lfs-s-noise-negative", "lfs", "VistaLatentFusionSampler", "s_noise", -1.0, "s_noise=-1 must be in [0, 2]"),
+    reject("lfs-eta-nan", "lfs", "VistaLatentFusionSampler", "eta", float("nan"),
+           "Vista Latent Fusion Sampler: eta=nan is not a finite number; it must be in [0, 1]"),
+    reject("lfs-s-noise-nan-string", "lfs", "VistaLatentFusionSampler", "s_noise", "nan",
+           "s_noise=nan is not a finite number; it must be in [0, 2]"),
+    # a non-number in a window input: the host's own conversion message, on that input (not an exception on model)
+    reject("lfs-stride-abc", "lfs", "VistaLatentFusionSampler", "stride_x", "abc",
+           "Failed to convert an input value to a INT value", "stride_x, abc"),
+    reject("lfs-window-null", "lfs", "VistaLatentFusionSampler", "window_width", None,
+           "Failed to convert an input value to a INT value", "window_width, None"),
     error("lfs-inpainting-mask", "VistaLatentFusionSampler", "latent_image", with_node("lfs", inpainting_mask),
           "inpainting", "use Vista Tiled Diffusion"),
     error("lfs-area-conditioning", "VistaLatentFusionSampler", "positive", with_node("lfs", area_conditioning),
@@ -325,7 +380,9 @@ CASES = [
     # Vista Style Alignment
     error("style-window-132px", "VistaStyleAlignment", "window_width",
           set_input("lfs", "VistaStyleAlignment", window_width=132), "window_width=132 px", "multiple of 8 px"),
-    reject("style-alpha-1.5", "lfs", "VistaStyleAlignment", "alpha", 1.5, "bigger than max of 1.0"),
+    reject("style-alpha-1.5", "lfs", "VistaStyleAlignment", "alpha", 1.5, "alpha=1.5 must be in [0, 1]"),
+    reject("style-alpha-nan", "lfs", "VistaStyleAlignment", "alpha", float("nan"),
+           "Vista Style Alignment: alpha=nan is not a finite number; it must be in [0, 1]"),
     # Vista SyncDiffusion
     error("sync-vgg-missing", "VistaSyncDiffusion", "lpips_net", set_input("sync", "VistaSyncDiffusion", lpips_net="vgg"),
           "lpips_net=vgg needs lpips_v0.1_vgg.safetensors", "tools/convert_lpips.py", "lpips_net=alex"),
@@ -333,14 +390,23 @@ CASES = [
           "decoder=taesd needs taesd_decoder", "vae_approx", "decoder=vae"),
     error("sync-vae-unconnected", "VistaSyncDiffusion", "vae", with_node("sync", drop_vae),
           "decoder=vae needs the vae input connected", "decoder=taesd"),
-    reject("sync-weight-negative", "sync", "VistaSyncDiffusion", "weight", -1.0, "smaller than min of 0.0"),
-    reject("sync-decay-1.5", "sync", "VistaSyncDiffusion", "decay", 1.5, "bigger than max of 1.0"),
+    reject("sync-weight-negative", "sync", "VistaSyncDiffusion", "weight", -1.0, "weight=-1 must be in [0, 1000]"),
+    reject("sync-decay-1.5", "sync", "VistaSyncDiffusion", "decay", 1.5, "decay=1.5 must be in [0, 1]"),
+    reject("sync-weight-nan", "sync", "VistaSyncDiffusion", "weight", float("nan"),
+           "Vista SyncDiffusion: weight=nan is not a finite number; it must be in [0, 1000] (default 20)"),
+    reject("sync-decay-nan", "sync", "VistaSyncDiffusion", "decay", float("nan"),
+           "decay=nan is not a finite number; it must be in [0, 1]"),
     # Vista Multi-Scale Diffusion
     reject("msd-levels-5", "msd", "VistaMultiScaleDiffusion", "levels", 5, "bigger than max of 4"),
     error("msd-levels-too-deep", "VistaMultiScaleDiffusion", "levels",
           set_input("msd", "VistaMultiScaleDiffusion", levels=3), "levels=3", "smaller than the 16x16 window",
           "use fewer levels or a larger canvas"),
-    reject("msd-fraction-2", "msd", "VistaMultiScaleDiffusion", "guided_fraction", 2.0, "bigger than max of 1.0"),
+    reject("msd-fraction-2", "msd", "VistaMultiScaleDiffusion", "guided_fraction", 2.0,
+           "guided_fraction=2 must be in [0, 1]"),
+    reject("msd-fraction-nan", "msd", "VistaMultiScaleDiffusion", "guided_fraction", float("nan"),
+           "Vista Multi-Scale Diffusion: guided_fraction=nan is not a finite number; it must be in [0, 1]"),
+    reject("msd-weight-inf", "msd", "VistaMultiScaleDiffusion", "weight", float("inf"),
+           "weight=inf is not a finite number; it must be in [0, 10000]"),
     # Vista Zoom Settings / Prompts / Noise / Stack Sampler
     reject("zoom-levels-0", "zoom", "VistaZoomSettings", "levels", 0, "smaller than min of 1"),
     reject("zoom-factor-3", "zoom", "VistaZoomSettings", "zoom_factor", "3", "not in", "'2', '4'",
@@ -359,8 +425,20 @@ CASES = [
     error("zoom-size-not-2p", "VistaZoomNoise", "latent_image width/height",
           set_input("zoom", "EmptyLatentImage", width=72, height=72), "latent_image", "9x9 latent px",
           "multiples of 2·zoom_factor = 4 latent px"),
-    reject("zoom-eta-200", "zoom", "VistaZoomStackSampler", "eta", 200.0, "bigger than max of 100.0"),
-    reject("zoom-photo-lr-0", "zoom", "VistaZoomStackSampler", "photo_lr", 0.0, "smaller than min of 0.0001"),
+    reject("zoom-prompts-blank", "zoom", "VistaZoomPrompts", "prompts", " \n \n",
+           "Vista Zoom Prompts: prompts is blank", "one line per zoom level"),
+    # one range per meaning: eta and s_noise as on the Latent Fusion Sampler
+    reject("zoom-eta-1.5", "zoom", "VistaZoomStackSampler", "eta", 1.5, "eta=1.5 must be in [0, 1] (default 1)"),
+    reject("zoom-s-noise-3", "zoom", "VistaZoomStackSampler", "s_noise", 3.0, "s_noise=3 must be in [0, 2]"),
+    reject("zoom-photo-lr-0", "zoom", "VistaZoomStackSampler", "photo_lr", 0.0, "photo_lr=0 must be in [0.0001, 10]"),
+    reject("zoom-eta-nan", "zoom", "VistaZoomStackSampler", "eta", float("nan"),
+           "Vista Zoom Stack Sampler: eta=nan is not a finite number; it must be in [0, 1]"),
+    reject("zoom-s-noise-nan", "zoom", "VistaZoomStackSampler", "s_noise", float("nan"),
+           "s_noise=nan is not a finite number"),
+    reject("zoom-photo-lr-nan", "zoom", "VistaZoomStackSampler", "photo_lr", float("nan"),
+           "photo_lr=nan is not a finite number; it must be in [0.0001, 10]"),
+    reject("zoom-photo-until-minus-inf", "zoom", "VistaZoomStackSampler", "photo_until", float("-inf"),
+           "photo_until=-inf is not a finite number; it must be in [0, 1]"),
     error("zoom-photo-size", "VistaZoomStackSampler", "photo", set_input("photo", "ImageScale", width=256, height=256),
           "photo must be one VAE-encoded image of the zoom level size"),
     error("zoom-nan-latent", "VistaZoomStackSampler", "latent_image",
@@ -373,6 +451,9 @@ CASES = [
     reject("video-frames-0", "zoom", "VistaZoomVideo", "frames_per_level", 0, "smaller than min of 1"),
     error("video-feather-100", "VistaZoomVideo", "feather", set_input("zoom", "VistaZoomVideo", feather=100),
           "feather=100 px must be in [0, 16] px"),
+    error("video-31001-frames-1024px", "VistaZoomVideo", "frames_per_level", with_node("zoom", huge_zoom_video),
+          "31,001 frames ((levels 32 - 1) x frames_per_level 1000 + 1) of 1024x1024 px need an estimated",
+          "Refused before rendering", "lower frames_per_level", max_growth_gib=4.0),
 ]
 
 

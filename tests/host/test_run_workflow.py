@@ -126,6 +126,17 @@ def test_validation_failure(comfyui_server, tmp_path):
     assert "node 6 'KSampler' (KSampler), input steps: Value 0 smaller than min of 1" in message
 
 
+def test_non_number_in_a_window_input(comfyui_server, tmp_path):
+    """Issue [H] 6: a window input that is not a number gets ComfyUI's own conversion message on that input, not
+    a comparison error from Vista's validate_inputs attached to the model input."""
+    done = run_workflow(PANORAMA, *on(comfyui_server), "--smoke", *SMALL, "--set", "VistaTiledDiffusion.window_width=wide",
+                        cwd=tmp_path)
+    message = assert_one_error(done, 5)
+    assert ("node 2 'Vista Tiled Diffusion' (VistaTiledDiffusion), input window_width: Failed to convert an input "
+            "value to a INT value: window_width, wide") in message, message
+    assert "not supported between" not in message, message
+
+
 def test_execution_error(comfyui_server, tmp_path):
     """Accepted at /prompt (step=8 is only a UI hint), fails while running: the node and the exception message."""
     done = run_workflow(PANORAMA, *on(comfyui_server), "--smoke", *SMALL, "--set", "EmptyLatentImage.width=128",

@@ -5,6 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from denoisers import TinyConvDenoiser
+from peak_bytes import PeakBytes
 from vista.core.checks import VistaInputError
 from vista.core.sampling.noise_streams import step_noise_seed
 from vista.core.zoom.stack import (
@@ -27,7 +28,7 @@ from vista.core.zoom.stack import (
     zoom_noise,
 )
 from vista.core.zoom.composite import composite_levels
-from vista.core.zoom.video import frame_count, level_weight, zoom_video_frames
+from vista.core.zoom.video import WORKING_FRAMES, frame_count, level_weight, video_bytes, zoom_video_frames
 
 CASES = [(n, p) for p in (2, 4) for n in (1, 2, 3, 4)]
 
@@ -604,6 +605,31 @@ class TestZoomVideoFrames:
     def test_exception_frames_per_level(self):
         with pytest.raises(VistaInputError, match="frames_per_level must be >= 1, got 0"):
             zoom_video_frames(torch.zeros(2, 8, 8, 3), 2, 0)
+
+
+class TestVideoBytes:
+    def test_smoke(self):
+        assert video_bytes(2, 3, 16, 8, 3) == (frame_count(2, 3) + WORKING_FRAMES) * 16 * 8 * 3 * 4
+
+    def test_the_issue_example(self):
+        """32 levels x 1000 frames of 512 px (issue [H] 9): 31,001 frames, 91 GiB in float32."""
+        assert video_bytes(32, 1000, 512, 512, 3) == (31_001 + WORKING_FRAMES) * 512 * 512 * 3 * 4
+        assert round(video_bytes(32, 1000, 512, 512, 3) / 2**30) == 91
+
+    @pytest.mark.parametrize("n,fpl,h,w,feather,p", [(1, 5, 16, 16, 0, 2), (2, 3, 16, 16, 2, 2), (3, 4, 32, 32, 4, 2),
+                                                    (4, 8, 64, 48, 6, 2), (3, 2, 64, 64, 4, 4)])
+    def test_bounds_the_measured_peak(self, n, fpl, h, w, feather, p):
+        """Every byte the renderer allocates is counted: the output plus at most WORKING_FRAMES frames, and the
+        output is not made twice (a list of frames, then a stack of them, would be)."""
+        images = torch.rand(n, h, w, 3, generator=torch.Generator().manual_seed(3))
+        with PeakBytes() as meter:
+            frames = zoom_video_frames(images, p, fpl, feather)
+        frame = h * w * 3 * 4
+        assert frames.nbytes + frame <= meter.peak <= video_bytes(n, fpl, h, w, 3) == frames.nbytes + WORKING_FRAMES * frame
+
+    def test_exception(self):
+        with pytest.raises(VistaInputError, match=r"must be >= 1, got \(2, 0, 16, 16, 3, 4\)"):
+            video_bytes(2, 0, 16, 16, 3)
 
 
 class TestLevelWeight:
