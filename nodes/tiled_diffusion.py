@@ -13,7 +13,8 @@ from ..core.canvas.multidiffusion import multidiffusion_predict
 from ..core.canvas.windows import WEIGHT_MODES, repeat_for_windows
 from ._common import (PlanCache, WindowBatchProgress, WindowSpec, check_image_latent, check_latent_values, check_option,
                       check_patch_grid, check_pixels, check_strides, core_error, latent_factor, mad_tau,
-                      size_conditioning_input, takes_size_conditioning, unet_alignment, window_inputs, with_layout)
+                      size_conditioning_input, takes_size_conditioning, unet_alignment, unet_blocks, window_inputs,
+                      with_block_progress, with_layout)
 from .memory import WindowBatchReservation
 
 NODE = "Vista Tiled Diffusion"
@@ -26,13 +27,15 @@ class TiledDiffusionPatch:
     Window offsets follow the user's strides exactly, except in a model call that carries ControlNet
     residuals or while a Vista MAD patch is on the model: both need offsets on the UNet's deepest grid
     (``alignment`` latent px), and the strides are then snapped down to it with a warning. With
-    ``size_factor`` (SDXL), each window's ``y`` carries its own crop offset and size.
+    ``size_factor`` (SDXL), each window's ``y`` carries its own crop offset and size. Progress moves per window
+    batch, and inside a MAD merged call (all windows at once) per UNet block (``blocks``, see
+    :func:`~nodes._common.with_block_progress`).
     """
 
     def __init__(self, spec: WindowSpec, weight_mode: str, batch_size: int, alignment: int, previous=None,
-                 size_factor: int | None = None):
+                 size_factor: int | None = None, blocks: tuple[int, int] = (0, 0)):
         self.plans, self.batch_size, self.alignment, self.previous = PlanCache(spec, weight_mode), batch_size, alignment, previous
-        self.size_factor, self.progress = size_factor, WindowBatchProgress()
+        self.size_factor, self.progress, self.blocks = size_factor, WindowBatchProgress(), blocks
 
     def align_for(self, c: dict, options: dict) -> tuple[int, str]:
         """(offset grid, why) for this model call: the UNet grid when ControlNet or MAD needs it, else 1."""
@@ -48,9 +51,12 @@ class TiledDiffusionPatch:
         plan = self.plans.get(tuple(x.shape[-2:]), align, x.device, reason)
         batch_size, tau, schedule = self.batch_size, mad_tau(options), options.get("sample_sigmas")
         step = mad_step_index(float(sigma.max()), schedule) if schedule is not None else 0
-        if tau is not None and schedule is not None and mad_active(step, len(schedule) - 1, tau):
-            c = {**c, "transformer_options": with_layout(options, replace(plan.layout, batch=x.shape[0]))}
-            batch_size = len(plan.windows)  # the merge needs every window in one call
+        steps = len(schedule) - 1 if schedule is not None else 1
+        units = -(-len(plan.windows) // max(batch_size, 1))
+        if tau is not None and schedule is not None and mad_active(step, steps, tau):
+            merged = with_layout(options, replace(plan.layout, batch=x.shape[0]))
+            c = {**c, "transformer_options": with_block_progress(merged, self.progress, self.blocks)}
+            batch_size, units = len(plan.windows), max(sum(self.blocks), 1)  # the merge needs every window in one call
 
         def predict(crops, chunk):
             window_args = {"input": crops, "timestep": repeat_for_windows(sigma, len(chunk)),
@@ -60,8 +66,7 @@ class TiledDiffusionPatch:
                 return self.previous(apply_model, window_args)
             return apply_model(window_args["input"], window_args["timestep"], **window_args["c"])
 
-        steps = len(schedule) - 1 if schedule is not None else 1
-        self.progress.start_step(step, steps, -(-len(plan.windows) // max(batch_size, 1)))
+        self.progress.start_step(step, steps, units)
         try:
             return multidiffusion_predict(predict, x, plan.windows, plan.weights, batch_size,
                                           before_batch=self.progress.before_batch)
@@ -116,7 +121,8 @@ class VistaTiledDiffusion(io.ComfyNode):
         size_factor = factor if window_size_conditioning and takes_size_conditioning(model) else None
         model = model.clone()
         previous = model.model_options.get("model_function_wrapper")
-        patch = TiledDiffusionPatch(spec, weight_mode, window_batch_size, unet_alignment(model), previous, size_factor)
+        patch = TiledDiffusionPatch(spec, weight_mode, window_batch_size, unet_alignment(model), previous, size_factor,
+                                    unet_blocks(model))
         model.set_model_unet_function_wrapper(patch)
         model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING, RESERVATION_KEY,
                                    WindowBatchReservation(spec, window_batch_size))

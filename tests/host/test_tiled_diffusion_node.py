@@ -263,6 +263,19 @@ class TestProgress:
         reports = recorded_progress(comfy, lambda: sample(comfy, patched, pos, neg, 32, 96, steps=3))
         assert reports == [(1, 9), (2, 9), (4, 9), (5, 9), (7, 9), (8, 9)]
 
+    def test_progress_inside_mad_merged_calls(self, host):
+        """Issue [H] 10: with MAD active at both steps (tau 1) all 3 windows go in one call per step; the bar moves
+        per UNet block of that call (4 input + 4 output blocks = 8 units per step, the step's end left to the
+        sampler), where it stood still for the whole step before."""
+        from vista.nodes.mad import VistaMADAttention
+
+        comfy, node, model, pos, neg = host
+        patched = patch_model(node, model, window_width=256, window_height=256, stride_x=128, window_batch_size=1)
+        patched = VistaMADAttention.execute(patched, tau=1.0, input_blocks=True, middle_block=True, output_blocks=True).result[0]
+        reports = recorded_progress(comfy, lambda: sample(comfy, patched, pos, neg, 32, 64, steps=2))
+        assert reports == [(1, 16), (2, 16), (3, 16), (4, 16), (5, 16), (6, 16), (7, 16),
+                           (9, 16), (10, 16), (11, 16), (12, 16), (13, 16), (14, 16), (15, 16)]
+
     def test_interrupt_within_one_window_batch(self, host):
         """The interrupt flag set while batch 1 runs stops the run before batch 2 starts."""
         comfy, node, model, pos, neg = host

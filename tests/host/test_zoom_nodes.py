@@ -177,6 +177,20 @@ class TestZoomStackSampler:
         assert steps == [(0, 3), (1, 3), (2, 3)]
         assert_render_consistent(core_zoom, stack, 2)
 
+    def test_progress_inside_each_step(self, host):
+        """Issue [H] 10: the levels share one batched UNet call per step; the bar moves per UNet block of it (the
+        test UNet has 4 input + 4 output blocks = 8 units a step; the step's end is the sampler's own report)."""
+        comfy, nodes, _, model, clip, vae = host
+        zoom, reports = settings(nodes, levels=2), []
+        comfy.utils.set_progress_bar_global_hook(lambda value, total, preview=None, node_id=None: reports.append((value, total)))
+        try:
+            sample(comfy, model, prompts(nodes, clip, "a galaxy\na planet"), negative(clip), sampler(nodes, zoom),
+                   zoom_noise(nodes, zoom), n=2, size=16, steps=2)
+        finally:
+            comfy.utils.set_progress_bar_global_hook(None)
+        assert reports == [(1, 16), (2, 16), (3, 16), (4, 16), (5, 16), (6, 16), (7, 16),
+                           (9, 16), (10, 16), (11, 16), (12, 16), (13, 16), (14, 16), (15, 16)]
+
     def test_is_a_sampler_that_receives_the_guider(self, host):
         """A comfy.samplers.Sampler subclass handed the guider (no reach into KSamplerX0Inpaint.inner_model)."""
         comfy, nodes, *_ = host
