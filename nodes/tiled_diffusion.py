@@ -74,6 +74,19 @@ class TiledDiffusionPatch:
             raise core_error(NODE, e) from e
 
 
+def refuse_second_patch(model) -> None:
+    """One Vista Tiled Diffusion per model: a second would tile every window of the first again.
+
+    Found by the first node's ``OUTER_SAMPLE`` wrapper key (``ModelPatcher.get_wrappers``), which every clone of
+    its output carries, whatever was chained in between.
+    """
+    if model.get_wrappers(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, RESERVATION_KEY):
+        raise ValueError(f"{NODE}: model is already patched by a Vista Tiled Diffusion node upstream; a second one "
+                         f"would tile every window of the first again (with equal windows it does nothing), which "
+                         f"neither node's settings describe. Remove one of the two, or take this node's model from "
+                         f"before the first one")
+
+
 def check_sampled_latent(executor, noise, latent_image, *args, **kwargs):
     """``OUTER_SAMPLE`` wrapper: the sampler's latent_image fits the model and is finite, checked once per run
     before the model loads (``executor.class_obj`` is the guider, as in the host's own EasyCache wrapper)."""
@@ -117,6 +130,7 @@ class VistaTiledDiffusion(io.ComfyNode):
         factor = latent_factor(model)
         check_pixels(NODE, factor, window_width=window_width, window_height=window_height, stride_x=stride_x, stride_y=stride_y)
         check_patch_grid(NODE, model, window_width=window_width, window_height=window_height)
+        refuse_second_patch(model)
         spec = WindowSpec(NODE, window_width, window_height, stride_x, stride_y, factor, wrap_x)
         size_factor = factor if window_size_conditioning and takes_size_conditioning(model) else None
         model = model.clone()

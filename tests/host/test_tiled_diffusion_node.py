@@ -62,6 +62,20 @@ class TestTiledDiffusionNode:
         sample(comfy, patch_model(node, inner, window_width=256, window_height=256, stride_x=128), pos, neg, 32, 64, steps=1)
         assert seen and all(s[-2:] == (32, 32) for s in seen)
 
+    def test_second_tiled_diffusion_refused(self, host):
+        """Issue [H] 8: a second Vista Tiled Diffusion on the same model is refused at the node (before, the outer patch
+        re-tiled the inner one's windows silently), also with another patch chained in between."""
+        from vista.nodes.mad import VistaMADAttention
+
+        comfy, node, model, pos, neg = host
+        first = patch_model(node, model, window_width=256, window_height=256)
+        between = VistaMADAttention.execute(first, tau=0.3, input_blocks=True, middle_block=True, output_blocks=True).result[0]
+        for patched in (first, between):
+            with pytest.raises(ValueError, match=r"^Vista Tiled Diffusion: model is already patched by a Vista Tiled "
+                                                 r"Diffusion node upstream; .* Remove one of the two"):
+                patch_model(node, patched, window_width=384, window_height=384)
+        patch_model(node, model, window_width=384, window_height=384)  # the unpatched model stays patchable
+
     def test_window_larger_than_canvas_is_clamped_with_warning(self, host, caplog):
         """A window wider than the image/area (area conditioning crops the model input) is clamped
         to it with a warning naming the input; the result is the plain sampler's (tolerance 1e-4)."""
