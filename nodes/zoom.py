@@ -14,6 +14,7 @@ from ..core.zoom.stack import ZoomSettings
 from ..core.zoom.composite import composite_levels
 from ..core.zoom.video import zoom_video_frames
 from ._common import core_error
+from .zoom_links import check_stack_settings
 from .zoom_sampling import (NOISE_NODE, PROMPTS_NODE, SAMPLER_NODE, SETTINGS_NODE, ZOOM_OPTIONS, ZoomNoise,
                             ZoomStackSampler, check_levels, split_prompts, stack_conditioning)
 
@@ -193,10 +194,12 @@ class VistaZoomComposite(io.ComfyNode):
                 feather_input("a level cross-fades into the deeper level"),
             ],
             outputs=[io.Image.Output(tooltip="The N levels, each one's centre made from the deeper levels.")],
+            hidden=[io.Hidden.prompt, io.Hidden.unique_id],  # to compare zoom with the stack's (nodes/zoom_links.py)
         )
 
     @classmethod
     def execute(cls, images, zoom: ZoomSettings, feather: int) -> io.NodeOutput:
+        check_stack_settings(COMPOSITE_NODE, cls.hidden, zoom)
         check_levels(COMPOSITE_NODE, "images", images.shape[0], zoom, DECODE_ALL)
         try:
             out = composite_levels(rearrange(images, "n h w c -> n c h w"), zoom.p, feather)
@@ -226,10 +229,12 @@ class VistaZoomVideo(io.ComfyNode):
                 feather_input("a deeper level fades in"),
             ],
             outputs=[io.Image.Output(tooltip="The video frames, (N − 1) · frames_per_level + 1 images of the level size.")],
+            hidden=[io.Hidden.prompt, io.Hidden.unique_id],  # to compare zoom with the stack's (nodes/zoom_links.py)
         )
 
     @classmethod
     def execute(cls, images, zoom: ZoomSettings, frames_per_level: int, feather: int) -> io.NodeOutput:
+        check_stack_settings(VIDEO_NODE, cls.hidden, zoom, feather)
         check_levels(VIDEO_NODE, "images", images.shape[0], zoom, DECODE_ALL)
         try:
             return io.NodeOutput(zoom_video_frames(images, zoom.p, frames_per_level, feather))
