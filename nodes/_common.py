@@ -164,12 +164,49 @@ class WindowBatchProgress:
         self.step, self.steps, self.batches, self.batch = step, max(steps, 1), max(batches, 1), 0
 
     def before_batch(self) -> None:
+        self.report(self.batch)
+        self.batch += 1
+
+    def report(self, done: int) -> None:
+        """``done`` of this step's units are finished: honour the interrupt button, and move the bar to
+        ``(i·n + done) / (steps·n)`` when ``0 < done < n`` and that is further than before."""
         throw_if_interrupted()
-        value, total = self.step * self.batches + self.batch, self.steps * self.batches
-        if self.batch and value / total > self.best:
+        value, total = self.step * self.batches + done, self.steps * self.batches
+        if 0 < done < self.batches and value / total > self.best:
             self.best = value / total
             comfy.utils.ProgressBar(total).update_absolute(value, total)
-        self.batch += 1
+
+
+def unet_blocks(model) -> tuple[int, int]:
+    """``(input blocks, output blocks)`` of the model's UNet; ``(0, 0)`` for other networks (DiTs)."""
+    diffusion_model = model.get_model_object("diffusion_model")
+    return tuple(len(getattr(diffusion_model, name, None) or ()) for name in ("input_blocks", "output_blocks"))
+
+
+def with_block_progress(options: dict, progress: WindowBatchProgress, blocks: tuple[int, int]) -> dict:
+    """A copy of ``transformer_options`` whose UNet reports ``progress`` inside one model call.
+
+    For a call that is a whole step (a MAD merged call of every window, a zoom stack's batched levels): the
+    step's units are the UNet's ``n_in + n_out`` blocks (:func:`unet_blocks`); the bar moves after each input
+    block and before each output block (the host's public ``input_block_patch`` / ``output_block_patch``, the
+    entries ``ModelPatcher.set_model_input_block_patch`` / ``set_model_output_block_patch`` fill, added for this
+    call only, after any the model has), and each report honours the interrupt button. The patches return the
+    activations unchanged. Start the step with ``progress.start_step(i, steps, n_in + n_out)``.
+    """
+    n_in = blocks[0]
+
+    def after_input(h, transformer_options):
+        progress.report(transformer_options["block"][1] + 1)
+        return h
+
+    def before_output(h, hsp, transformer_options):
+        progress.report(n_in + transformer_options["block"][1])
+        return h, hsp
+
+    patches = dict(options.get("patches", {}))
+    patches["input_block_patch"] = [*patches.get("input_block_patch", []), after_input]
+    patches["output_block_patch"] = [*patches.get("output_block_patch", []), before_output]
+    return {**options, "patches": patches}
 
 
 def clamp_notice(node: str, name: str, px: int, size_px: int, side: str, what: str = "window") -> str:

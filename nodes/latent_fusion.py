@@ -17,7 +17,7 @@ from ._common import (ETA_RANGE, S_NOISE_RANGE, CanvasPlan, PlanCache, WindowSpe
                       check_latent_values, check_numbers, check_option, check_patch_grid, check_pixels, check_strides,
                       core_error, first_failure, latent_factor, mad_tau, require,
                       size_conditioning_input, step_form, takes_size_conditioning, WindowBatchProgress, unet_alignment,
-                      window_inputs, with_layout)
+                      unet_blocks, window_inputs, with_block_progress, with_layout)
 from .budget import check_canvas_budget
 from .guidance import GuidanceType, GuidedRun, log_memory
 
@@ -138,9 +138,11 @@ class LatentFusionSampler(comfy.samplers.Sampler):
         check_patch_grid(NODE, model_patcher, window_width=self.spec["window_width"], window_height=self.spec["window_height"])
         return WindowSpec(NODE, factor=factor, **self.spec)
 
-    def step_setup(self, plan: CanvasPlan, tau: float | None, canvas_batch: int, progress: WindowBatchProgress):
-        """Per step: while MAD is active, the layout in model_options and all windows in one call; the
-        step's window batches counted for ``progress``."""
+    def step_setup(self, plan: CanvasPlan, tau: float | None, canvas_batch: int, progress: WindowBatchProgress,
+                   blocks: tuple[int, int]):
+        """Per step: while MAD is active, the layout in model_options and all windows in one call, whose UNet
+        blocks are the step's progress units (``blocks``, :func:`~nodes._common.with_block_progress`); else the
+        step's window batches are."""
         layout = replace(plan.layout, batch=canvas_batch)
 
         def setup(i: int, n_steps: int, extra_args: dict) -> tuple[dict, int]:
@@ -148,8 +150,9 @@ class LatentFusionSampler(comfy.samplers.Sampler):
                 progress.start_step(i, n_steps, -(-len(plan.windows) // max(self.batch_size, 1)))
                 return extra_args, self.batch_size
             options = extra_args["model_options"]
-            options = {**options, "transformer_options": with_layout(options.get("transformer_options", {}), layout)}
-            progress.start_step(i, n_steps, 1)
+            merged = with_layout(options.get("transformer_options", {}), layout)
+            options = {**options, "transformer_options": with_block_progress(merged, progress, blocks)}
+            progress.start_step(i, n_steps, max(sum(blocks), 1))
             return {**extra_args, "model_options": options}, len(plan.windows)
 
         return setup
@@ -195,10 +198,10 @@ class LatentFusionSampler(comfy.samplers.Sampler):
                             stride_hw_latent=spec.latent_stride((plan.windows[0].h, plan.windows[0].w)),
                             samples=noise.shape[0], factor=spec.factor)
         guidance, copies = self.guided(model_wrap, extra_args, plan, spec, canvas_hw)
-        progress = WindowBatchProgress()
+        progress, blocks = WindowBatchProgress(), unet_blocks(model_wrap.model_patcher)
         options = {"windows": plan.windows, "weights": plan.weights, "batch_size": self.batch_size, "guidance": guidance,
                    "before_batch": progress.before_batch,
-                   "step_setup": self.step_setup(plan, tau, noise.shape[0], progress),
+                   "step_setup": self.step_setup(plan, tau, noise.shape[0], progress, blocks),
                    **self.options, **step_form(model_wrap.model_patcher)}
         inner = comfy.samplers.KSAMPLER(self.sampler_function(model_wrap.model_patcher, plan, spec, options),
                                         extra_options=options)

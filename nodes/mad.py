@@ -6,14 +6,16 @@ import comfy.model_management
 import comfy.patcher_extension
 from comfy_api.latest import io
 
-from ..core.mad.attention_merge import MAD_LAYOUT_KEY, MAD_TAU_KEY, mad_attention_patch
+from ..core.mad.attention_merge import MAD_LAYOUT_KEY, MAD_TAU_KEY, mad_attention_patch, mad_steps
 from ..core.canvas.budget import UNetGeometry
 from ._common import check_numbers, latent_factor, require
 from .budget import check_merged_call, unet_geometry
+from .notify import warn_user
 
 NODE = "Vista MAD Attention"
 BLOCKS = ("input", "middle", "output")
 GUARD_KEY = "vista_mad_merged_call_guard"
+UNUSED_KEY = "vista_mad_unused_warning"
 
 
 def transformer_blocks(diffusion_model, names: tuple[str, ...]) -> list[tuple[str, int]]:
@@ -43,11 +45,12 @@ class MergedCallGuard:
     ComfyUI's interrupt and refuse a batch whose estimated memory exceeds what is free (nodes/budget.py).
 
     Without a MAD layout in the call's ``transformer_options`` (MAD inactive at this step, or no Vista window
-    code) it only passes the call on.
+    code) it only passes the call on. ``merged_calls`` counts the merged calls of the current run (reset by
+    :class:`UnusedMadWarning`).
     """
 
     def __init__(self, geometry: UNetGeometry | None, factor: int):
-        self.geometry, self.factor = geometry, factor
+        self.geometry, self.factor, self.merged_calls = geometry, factor, 0
 
     def __call__(self, executor, *args, **kwargs):
         options = kwargs.get("transformer_options", args[5] if len(args) > 5 else None)
@@ -55,7 +58,38 @@ class MergedCallGuard:
         if layout is not None:
             comfy.model_management.throw_exception_if_processing_interrupted()
             check_merged_call(NODE, self.geometry, layout, args[0], self.factor)
+            self.merged_calls += 1
         return executor(*args, **kwargs)
+
+
+class UnusedMadWarning:
+    """``OUTER_SAMPLE`` wrapper: after a run in which no network call was merged, tell the user MAD did nothing.
+
+    MAD only merges the windows that Vista's window code (Vista Tiled Diffusion, the Vista Latent Fusion Sampler)
+    hands the network with a layout; a model sampled any other way, or a tau that rounds to 0 steps, gives the
+    unpatched model's sample, bit for bit. Counted by the run's :class:`MergedCallGuard`; tau = 0 is "off" and
+    is not warned about.
+    """
+
+    def __init__(self, guard: MergedCallGuard, tau: float):
+        self.guard, self.tau = guard, tau
+
+    def __call__(self, executor, noise, latent_image, sampler, sigmas, *args, **kwargs):
+        self.guard.merged_calls = 0
+        out = executor(noise, latent_image, sampler, sigmas, *args, **kwargs)
+        if self.tau > 0 and self.guard.merged_calls == 0:
+            warn_user(NODE, unused_message(self.tau, len(sigmas) - 1))
+        return out
+
+
+def unused_message(tau: float, steps: int) -> str:
+    """Why a run with a MAD patch merged nothing, and the fix."""
+    if mad_steps(tau, steps) == 0:
+        return (f"{NODE}: tau={tau:g} of {steps} steps rounds to 0 merged steps, so MAD changed nothing; set tau to "
+                f"at least {0.5 / steps:.2f} for 1 step (paper: 0.3)")
+    return (f"{NODE}: no Vista windowed sampling ran this model, so MAD changed nothing (the sample is the unpatched "
+            f"model's). MAD merges the windows of Vista Tiled Diffusion (chain it before or after this node, then any "
+            f"sampler) or of the Vista Latent Fusion Sampler (with SamplerCustom / SamplerCustomAdvanced)")
 
 
 class VistaMADAttention(io.ComfyNode):
@@ -70,7 +104,7 @@ class VistaMADAttention(io.ComfyNode):
                 "the whole merged canvas (the windows' q, k, v averaged into canvas tokens, attended, split back) and "
                 "cross-attention queries are merged the same way, so distant windows agree on content and style. "
                 "Chain it with Vista Tiled Diffusion (or use it with the Vista Latent Fusion Sampler); alone it changes "
-                "nothing. While active, all windows of a step are denoised in one call, so memory grows with the number "
+                "nothing, and a run that merged nothing ends with a warning. While active, all windows of a step are denoised in one call, so memory grows with the number "
                 "of windows: a canvas whose window batch cannot fit in free memory is refused, with the estimate, before "
                 "the network runs; merged self-attention time grows quadratically with the canvas. Window offsets must "
                 "lie on the UNet's grid (64 px on SD1.x/2.x, 32 px on SDXL): strides are rounded down to it, and a "
@@ -112,6 +146,8 @@ class VistaMADAttention(io.ComfyNode):
             model.set_model_attn1_replace(mad_attention_patch(False, attention, poll=poll), name, index)
             model.set_model_attn2_replace(mad_attention_patch(True, attention, poll=poll), name, index)
         model.model_options.setdefault("transformer_options", {})[MAD_TAU_KEY] = tau
-        model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, GUARD_KEY,
-                                   MergedCallGuard(unet_geometry(diffusion_model), latent_factor(model)))
+        guard = MergedCallGuard(unet_geometry(diffusion_model), latent_factor(model))
+        model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, GUARD_KEY, guard)
+        model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, UNUSED_KEY,
+                                   UnusedMadWarning(guard, tau))
         return io.NodeOutput(model)

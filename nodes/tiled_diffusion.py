@@ -13,7 +13,8 @@ from ..core.canvas.multidiffusion import multidiffusion_predict
 from ..core.canvas.windows import WEIGHT_MODES, repeat_for_windows
 from ._common import (PlanCache, WindowBatchProgress, WindowSpec, check_image_latent, check_latent_values, check_option,
                       check_patch_grid, check_pixels, check_strides, core_error, latent_factor, mad_tau, require,
-                      size_conditioning_input, takes_size_conditioning, unet_alignment, window_inputs, with_layout)
+                      size_conditioning_input, takes_size_conditioning, unet_alignment, unet_blocks, window_inputs,
+                      with_block_progress, with_layout)
 from .memory import WindowBatchReservation
 
 NODE = "Vista Tiled Diffusion"
@@ -31,12 +32,14 @@ class TiledDiffusionPatch:
     Row order: ComfyUI batches several conditionings into one call, one chunk of rows per entry of
     ``cond_or_uncond``. Every window batch keeps that grouping (all windows of chunk 0, then of chunk 1, …),
     so a patch that splits the batch by ``cond_or_uncond`` (NAG, SAG, …) sees each chunk whole.
+    Progress moves per window batch, and inside a MAD merged call (all windows at once) per UNet block
+    (``blocks``, see :func:`~nodes._common.with_block_progress`).
     """
 
     def __init__(self, spec: WindowSpec, weight_mode: str, batch_size: int, alignment: int, previous=None,
-                 size_factor: int | None = None):
+                 size_factor: int | None = None, blocks: tuple[int, int] = (0, 0)):
         self.plans, self.batch_size, self.alignment, self.previous = PlanCache(spec, weight_mode), batch_size, alignment, previous
-        self.size_factor, self.progress = size_factor, WindowBatchProgress()
+        self.size_factor, self.progress, self.blocks = size_factor, WindowBatchProgress(), blocks
 
     def align_for(self, c: dict, options: dict) -> tuple[int, str]:
         """(offset grid, why) for this model call: the UNet grid when ControlNet or MAD needs it, else 1."""
@@ -53,9 +56,12 @@ class TiledDiffusionPatch:
         plan = self.plans.get(tuple(x.shape[-2:]), align, x.device, reason)
         batch_size, tau, schedule = self.batch_size, mad_tau(options), options.get("sample_sigmas")
         step = mad_step_index(float(sigma.max()), schedule) if schedule is not None else 0
-        if tau is not None and schedule is not None and mad_active(step, len(schedule) - 1, tau):
-            c = {**c, "transformer_options": with_layout(options, replace(plan.layout, batch=x.shape[0] // groups))}
-            batch_size = len(plan.windows)  # the merge needs every window in one call
+        steps = len(schedule) - 1 if schedule is not None else 1
+        units = -(-len(plan.windows) // max(batch_size, 1))
+        if tau is not None and schedule is not None and mad_active(step, steps, tau):
+            merged = with_layout(options, replace(plan.layout, batch=x.shape[0] // groups))
+            c = {**c, "transformer_options": with_block_progress(merged, self.progress, self.blocks)}
+            batch_size, units = len(plan.windows), max(sum(self.blocks), 1)  # the merge needs every window in one call
 
         def predict(crops, chunk):
             window_args = {"input": crops, "timestep": repeat_for_windows(sigma, len(chunk), groups),
@@ -65,13 +71,25 @@ class TiledDiffusionPatch:
                 return self.previous(apply_model, window_args)
             return apply_model(window_args["input"], window_args["timestep"], **window_args["c"])
 
-        steps = len(schedule) - 1 if schedule is not None else 1
-        self.progress.start_step(step, steps, -(-len(plan.windows) // max(batch_size, 1)))
+        self.progress.start_step(step, steps, units)
         try:
             return multidiffusion_predict(predict, x, plan.windows, plan.weights, batch_size,
                                           before_batch=self.progress.before_batch, groups=groups)
         except VistaInputError as e:
             raise core_error(NODE, e) from e
+
+
+def refuse_second_patch(model) -> None:
+    """One Vista Tiled Diffusion per model: a second would tile every window of the first again.
+
+    Found by the first node's ``OUTER_SAMPLE`` wrapper key (``ModelPatcher.get_wrappers``), which every clone of
+    its output carries, whatever was chained in between.
+    """
+    if model.get_wrappers(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, RESERVATION_KEY):
+        raise ValueError(f"{NODE}: model is already patched by a Vista Tiled Diffusion node upstream; a second one "
+                         f"would tile every window of the first again (with equal windows it does nothing), which "
+                         f"neither node's settings describe. Remove one of the two, or take this node's model from "
+                         f"before the first one")
 
 
 def check_sampled_latent(executor, noise, latent_image, *args, **kwargs):
@@ -119,11 +137,13 @@ class VistaTiledDiffusion(io.ComfyNode):
         factor = latent_factor(model)
         check_pixels(NODE, factor, window_width=window_width, window_height=window_height, stride_x=stride_x, stride_y=stride_y)
         check_patch_grid(NODE, model, window_width=window_width, window_height=window_height)
+        refuse_second_patch(model)
         spec = WindowSpec(NODE, window_width, window_height, stride_x, stride_y, factor, wrap_x)
         size_factor = factor if window_size_conditioning and takes_size_conditioning(model) else None
         model = model.clone()
         previous = model.model_options.get("model_function_wrapper")
-        patch = TiledDiffusionPatch(spec, weight_mode, window_batch_size, unet_alignment(model), previous, size_factor)
+        patch = TiledDiffusionPatch(spec, weight_mode, window_batch_size, unet_alignment(model), previous, size_factor,
+                                    unet_blocks(model))
         model.set_model_unet_function_wrapper(patch)
         model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING, RESERVATION_KEY,
                                    WindowBatchReservation(spec, window_batch_size))

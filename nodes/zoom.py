@@ -15,6 +15,7 @@ from ..core.zoom.composite import composite_levels
 from ..core.zoom.video import zoom_video_frames
 from ._common import ETA_RANGE, S_NOISE_RANGE, check_numbers, core_error, require
 from .budget import check_video_budget
+from .zoom_links import check_stack_settings
 from .zoom_sampling import (LEVELS_RANGE, NOISE_NODE, PROMPTS_NODE, SAMPLER_NODE, SETTINGS_NODE, ZOOM_OPTIONS,
                             ZoomNoise, ZoomStackSampler, blank_prompts, check_levels, split_prompts,
                             stack_conditioning)
@@ -206,10 +207,12 @@ class VistaZoomComposite(io.ComfyNode):
                 feather_input("a level cross-fades into the deeper level"),
             ],
             outputs=[io.Image.Output(tooltip="The N levels, each one's centre made from the deeper levels.")],
+            hidden=[io.Hidden.prompt, io.Hidden.unique_id],  # to compare zoom with the stack's (nodes/zoom_links.py)
         )
 
     @classmethod
     def execute(cls, images, zoom: ZoomSettings, feather: int) -> io.NodeOutput:
+        check_stack_settings(COMPOSITE_NODE, cls.hidden, zoom)
         check_levels(COMPOSITE_NODE, "images", images.shape[0], zoom, DECODE_ALL)
         try:
             out = composite_levels(rearrange(images, "n h w c -> n c h w"), zoom.p, feather)
@@ -239,10 +242,12 @@ class VistaZoomVideo(io.ComfyNode):
                 feather_input("a deeper level fades in"),
             ],
             outputs=[io.Image.Output(tooltip="The video frames, (N − 1) · frames_per_level + 1 images of the level size.")],
+            hidden=[io.Hidden.prompt, io.Hidden.unique_id],  # to compare zoom with the stack's (nodes/zoom_links.py)
         )
 
     @classmethod
     def execute(cls, images, zoom: ZoomSettings, frames_per_level: int, feather: int) -> io.NodeOutput:
+        check_stack_settings(VIDEO_NODE, cls.hidden, zoom, feather)
         check_levels(VIDEO_NODE, "images", images.shape[0], zoom, DECODE_ALL)
         check_video_budget(VIDEO_NODE, images, frames_per_level)
         try:

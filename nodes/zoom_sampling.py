@@ -9,6 +9,7 @@ takes the same :class:`~core.zoom.stack.ZoomSettings` (p, levels) from Vista Zoo
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import comfy.samplers
@@ -16,7 +17,8 @@ import torch
 
 from ..core.checks import VistaInputError
 from ..core.zoom.stack import ZOOM_FACTORS, PhotoZoom, ZoomSettings, check_zoom_noise, sample_zoom_stack, zoom_noise
-from ._common import check_image_latent, check_latent_values, core_error, latent_factor, step_form, throw_if_interrupted
+from ._common import (WindowBatchProgress, check_image_latent, check_latent_values, core_error, latent_factor,
+                      step_form, throw_if_interrupted, unet_blocks, with_block_progress)
 
 SAMPLER_NODE = "Vista Zoom Stack Sampler"
 NOISE_NODE = "Vista Zoom Noise"
@@ -181,6 +183,27 @@ def photo_zoom(guider, photo: dict | None, x: torch.Tensor, factor: int, setting
     return PhotoZoom(processed[0].to(x.dtype), **settings)
 
 
+def stack_progress(patcher, extra_args: dict, steps: int) -> tuple[dict, object]:
+    """Progress inside each step's one batched call of all levels: ``(extra_args, before_step)``.
+
+    The levels cannot go in separate calls (their prompts reach the UNet through ComfyUI's batching of one
+    batch-N conditioning), so on a UNet the bar moves per UNet block of that call
+    (:func:`~nodes._common.with_block_progress`, each report also honours the interrupt button); on other
+    networks (SD3, Flux) once per step. ``before_step`` starts each step's count and checks the interrupt.
+    """
+    blocks, progress, step = unet_blocks(patcher), WindowBatchProgress(), itertools.count()
+
+    def before_step() -> None:
+        progress.start_step(next(step), steps, max(sum(blocks), 1))
+        throw_if_interrupted()
+
+    if not sum(blocks):
+        return extra_args, before_step
+    options = extra_args.get("model_options", {})
+    transformer_options = with_block_progress(options.get("transformer_options", {}), progress, blocks)
+    return {**extra_args, "model_options": {**options, "transformer_options": transformer_options}}, before_step
+
+
 class ZoomStackSampler(comfy.samplers.Sampler):
     """A SAMPLER for SamplerCustomAdvanced: checks the stack against the guider it is handed, then runs
     :func:`core.zoom.stack.sample_zoom_stack` through ComfyUI's own ``KSAMPLER`` plumbing (noise scaling,
@@ -199,8 +222,9 @@ class ZoomStackSampler(comfy.samplers.Sampler):
             check_latent_values(SAMPLER_NODE, "latent_image", latent_image, patcher)
         guidance = photo_zoom(model_wrap, self.photo, noise, factor, self.photo_settings)
         check_noise(noise, self.settings.p)
+        extra_args, before_step = stack_progress(patcher, extra_args, len(sigmas) - 1)
         options = {"p": self.settings.p, "eta": self.eta, "s_noise": self.s_noise, "photo_guidance": guidance,
-                   "before_step": throw_if_interrupted, **step_form(patcher)}
+                   "before_step": before_step, **step_form(patcher)}
         inner = comfy.samplers.KSAMPLER(sample_zoom_stack, extra_options=options)
         try:
             return inner.sample(model_wrap, sigmas, extra_args, callback, noise, latent_image, denoise_mask, disable_pbar)

@@ -289,6 +289,21 @@ class TestProgress:
             comfy.utils.set_progress_bar_global_hook(None)
         assert reports == [(1, 6), (2, 6), (4, 6), (5, 6)]
 
+    def test_progress_inside_mad_merged_step(self, host):
+        """Issue [H] 10: MAD tau 0.5 of 2 steps merges all 3 windows in one call at step 0; the bar moves per UNet
+        block of that call (the test UNet has 4 input + 4 output blocks = 8 units: after each input block, before
+        each output block, the step's end left to the sampler), then per window batch at step 1 (3 batches of 1)."""
+        comfy, node, _, model, pos, neg = host
+        unet = model.get_model_object("diffusion_model")
+        assert (len(unet.input_blocks), len(unet.output_blocks)) == (4, 4)
+        reports = []
+        comfy.utils.set_progress_bar_global_hook(lambda value, total, preview=None, node_id=None: reports.append((value, total)))
+        try:
+            sample_custom(comfy, mad_model(model, 0.5), fusion_sampler(node, window_batch_size=1), pos, neg, 32, 64)
+        finally:
+            comfy.utils.set_progress_bar_global_hook(None)
+        assert reports == [(1, 16), (2, 16), (3, 16), (4, 16), (5, 16), (6, 16), (7, 16), (4, 6), (5, 6)]
+
 
 class TestCanvasBudget:
     def test_huge_mad_canvas_refused_before_sampling(self, host):

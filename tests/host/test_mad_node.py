@@ -183,6 +183,43 @@ def comfy_attention():
     return comfy.ldm.modules.attention
 
 
+class TestUnusedPatchWarning:
+    """Issue [H] 8: a MAD patch that no Vista windowed route samples merges nothing; the user is told (warn_user:
+    the server log and a vista.warning toast) instead of getting the unpatched sample without a word."""
+
+    UNUSED = "Vista MAD Attention: no Vista windowed sampling ran this model, so MAD changed nothing"
+
+    def test_straight_into_ksampler_warns(self, host, caplog):
+        comfy, _, mad_node, model, pos, neg = host
+        with caplog.at_level(logging.WARNING):
+            patched = sample(comfy, mad(mad_node, model, 0.3), pos, neg, 32, 32)
+        assert self.UNUSED in caplog.text
+        assert torch.equal(patched, sample(comfy, model, pos, neg, 32, 32))  # the no-op it warns about
+
+    @pytest.mark.parametrize("order", ["mad_then_tiled", "tiled_then_mad"])
+    def test_silent_when_tiled_diffusion_merges(self, host, caplog, order):
+        comfy, tiled_node, mad_node, model, pos, neg = host
+        patched = (tiled(tiled_node, mad(mad_node, model, 0.5), 256, 128) if order == "mad_then_tiled"
+                   else mad(mad_node, tiled(tiled_node, model, 256, 128), 0.5))
+        with caplog.at_level(logging.WARNING):
+            sample(comfy, patched, pos, neg, 32, 64)
+        assert "MAD changed nothing" not in caplog.text
+
+    def test_tau_rounding_to_no_step_warns(self, host, caplog):
+        """tau 0.2 of 2 steps: round-half-up(0.4) = 0 merged steps, even under Vista Tiled Diffusion."""
+        comfy, tiled_node, mad_node, model, pos, neg = host
+        with caplog.at_level(logging.WARNING):
+            sample(comfy, mad(mad_node, tiled(tiled_node, model, 256, 128), 0.2), pos, neg, 32, 64)
+        assert ("Vista MAD Attention: tau=0.2 of 2 steps rounds to 0 merged steps, so MAD changed nothing; set tau "
+                "to at least 0.25 for 1 step") in caplog.text
+
+    def test_tau_zero_is_off_and_silent(self, host, caplog):
+        comfy, _, mad_node, model, pos, neg = host
+        with caplog.at_level(logging.WARNING):
+            sample(comfy, mad(mad_node, model, 0.0), pos, neg, 32, 32)
+        assert "MAD changed nothing" not in caplog.text
+
+
 class TestCanvasBudget:
     """nodes/budget.py against the real host: UNet levels, the estimate vs measured activations, refuse/warn."""
 

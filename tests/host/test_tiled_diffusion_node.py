@@ -62,6 +62,20 @@ class TestTiledDiffusionNode:
         sample(comfy, patch_model(node, inner, window_width=256, window_height=256, stride_x=128), pos, neg, 32, 64, steps=1)
         assert seen and all(s[-2:] == (32, 32) for s in seen)
 
+    def test_second_tiled_diffusion_refused(self, host):
+        """Issue [H] 8: a second Vista Tiled Diffusion on the same model is refused at the node (before, the outer patch
+        re-tiled the inner one's windows silently), also with another patch chained in between."""
+        from vista.nodes.mad import VistaMADAttention
+
+        comfy, node, model, pos, neg = host
+        first = patch_model(node, model, window_width=256, window_height=256)
+        between = VistaMADAttention.execute(first, tau=0.3, input_blocks=True, middle_block=True, output_blocks=True).result[0]
+        for patched in (first, between):
+            with pytest.raises(ValueError, match=r"^Vista Tiled Diffusion: model is already patched by a Vista Tiled "
+                                                 r"Diffusion node upstream; .* Remove one of the two"):
+                patch_model(node, patched, window_width=384, window_height=384)
+        patch_model(node, model, window_width=384, window_height=384)  # the unpatched model stays patchable
+
     def test_window_larger_than_canvas_is_clamped_with_warning(self, host, caplog):
         """A window wider than the image/area (area conditioning crops the model input) is clamped
         to it with a warning naming the input; the result is the plain sampler's (tolerance 1e-4)."""
@@ -262,6 +276,19 @@ class TestProgress:
         patched = patch_model(node, model, window_width=256, window_height=256, stride_x=64, window_batch_size=4)
         reports = recorded_progress(comfy, lambda: sample(comfy, patched, pos, neg, 32, 96, steps=3))
         assert reports == [(1, 9), (2, 9), (4, 9), (5, 9), (7, 9), (8, 9)]
+
+    def test_progress_inside_mad_merged_calls(self, host):
+        """Issue [H] 10: with MAD active at both steps (tau 1) all 3 windows go in one call per step; the bar moves
+        per UNet block of that call (4 input + 4 output blocks = 8 units per step, the step's end left to the
+        sampler), where it stood still for the whole step before."""
+        from vista.nodes.mad import VistaMADAttention
+
+        comfy, node, model, pos, neg = host
+        patched = patch_model(node, model, window_width=256, window_height=256, stride_x=128, window_batch_size=1)
+        patched = VistaMADAttention.execute(patched, tau=1.0, input_blocks=True, middle_block=True, output_blocks=True).result[0]
+        reports = recorded_progress(comfy, lambda: sample(comfy, patched, pos, neg, 32, 64, steps=2))
+        assert reports == [(1, 16), (2, 16), (3, 16), (4, 16), (5, 16), (6, 16), (7, 16),
+                           (9, 16), (10, 16), (11, 16), (12, 16), (13, 16), (14, 16), (15, 16)]
 
     def test_interrupt_within_one_window_batch(self, host):
         """The interrupt flag set while batch 1 runs stops the run before batch 2 starts."""

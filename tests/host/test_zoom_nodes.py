@@ -177,6 +177,20 @@ class TestZoomStackSampler:
         assert steps == [(0, 3), (1, 3), (2, 3)]
         assert_render_consistent(core_zoom, stack, 2)
 
+    def test_progress_inside_each_step(self, host):
+        """Issue [H] 10: the levels share one batched UNet call per step; the bar moves per UNet block of it (the
+        test UNet has 4 input + 4 output blocks = 8 units a step; the step's end is the sampler's own report)."""
+        comfy, nodes, _, model, clip, vae = host
+        zoom, reports = settings(nodes, levels=2), []
+        comfy.utils.set_progress_bar_global_hook(lambda value, total, preview=None, node_id=None: reports.append((value, total)))
+        try:
+            sample(comfy, model, prompts(nodes, clip, "a galaxy\na planet"), negative(clip), sampler(nodes, zoom),
+                   zoom_noise(nodes, zoom), n=2, size=16, steps=2)
+        finally:
+            comfy.utils.set_progress_bar_global_hook(None)
+        assert reports == [(1, 16), (2, 16), (3, 16), (4, 16), (5, 16), (6, 16), (7, 16),
+                           (9, 16), (10, 16), (11, 16), (12, 16), (13, 16), (14, 16), (15, 16)]
+
     def test_is_a_sampler_that_receives_the_guider(self, host):
         """A comfy.samplers.Sampler subclass handed the guider (no reach into KSamplerX0Inpaint.inner_model)."""
         comfy, nodes, *_ = host
@@ -336,6 +350,72 @@ class TestZoomStackSampler:
         out = sample(comfy, flow, positive, negative(clip), sampler(nodes, zoom, eta=eta), zoom_noise(nodes, zoom),
                      n=2, size=16, steps=2)
         assert out.shape == (2, 4, 16, 16) and torch.isfinite(out).all()
+
+
+def prompt_graph(video_zoom="2", composite_zoom="2", sampler_zoom="2", video_feather=16):
+    """The API prompt of a zoom stack whose Composite and Video may each take another Vista Zoom Settings node
+    ("2" = the sampler's settings node #1; "4" = a second node #2 with zoom_factor 4): what the host hands a node
+    as its hidden PROMPT input."""
+    ids = {"2": "1", "4": "2"}
+    return {
+        "1": {"class_type": "VistaZoomSettings", "inputs": {"zoom_factor": "2", "levels": 4}},
+        "2": {"class_type": "VistaZoomSettings", "inputs": {"zoom_factor": "4", "levels": 4}},
+        "3": {"class_type": "VistaZoomStackSampler", "inputs": {"zoom": [ids[sampler_zoom], 0], "eta": 1.0}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 256, "height": 256, "batch_size": ["1", 1]}},
+        "5": {"class_type": "SamplerCustomAdvanced", "inputs": {"sampler": ["3", 0], "latent_image": ["4", 0]}},
+        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["9", 2]}},
+        "7": {"class_type": "VistaZoomComposite", "inputs": {"images": ["6", 0], "zoom": [ids[composite_zoom], 0],
+                                                             "feather": 16}},
+        "8": {"class_type": "VistaZoomVideo", "inputs": {"images": ["7", 0], "zoom": [ids[video_zoom], 0],
+                                                         "frames_per_level": 2, "feather": video_feather}},
+        "9": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "model.safetensors"}},
+    }
+
+
+class TestStackSettingsLinks:
+    """Issue [H] 8: Composite and Video compare their zoom with the settings node that made their images (followed
+    through the prompt the host hands them: hidden PROMPT and UNIQUE_ID)."""
+
+    def queued(self, node, prompt, node_id):
+        """The node class as the host's executor prepares it (v0.3.64 takes the hidden inputs, v0.33.0 its V3 data)."""
+        import inspect
+
+        from comfy_api.latest import io
+
+        hidden = {io.Hidden.prompt: prompt, io.Hidden.unique_id: node_id}
+        v3_data = "v3_data" in inspect.signature(node.PREPARE_CLASS_CLONE).parameters
+        return node.PREPARE_CLASS_CLONE({"hidden_inputs": hidden} if v3_data else hidden)
+
+    def test_video_of_another_settings_node_refused(self, host):
+        comfy, nodes, *_ = host
+        video = self.queued(nodes.VistaZoomVideo, prompt_graph(video_zoom="4"), "8")
+        with pytest.raises(ValueError, match=r"^Vista Zoom Video: zoom is zoom_factor=4, levels=4 \(Vista Zoom "
+                                             r"Settings node #2\) but the images were made with zoom_factor=2, "
+                                             r"levels=4 \(Vista Zoom Settings node #1, via node #7\); link that same "
+                                             r"Vista Zoom Settings node to this node's zoom input"):
+            video.execute(torch.rand(4, 128, 128, 3), settings(nodes, "4"), 2, 8)
+
+    def test_composite_of_another_settings_node_refused(self, host):
+        comfy, nodes, *_ = host
+        composite = self.queued(nodes.VistaZoomComposite, prompt_graph(composite_zoom="4"), "7")
+        with pytest.raises(ValueError, match=r"^Vista Zoom Composite: zoom is zoom_factor=4, levels=4 .* made with "
+                                             r"zoom_factor=2, levels=4 \(Vista Zoom Settings node #1, via node #3\)"):
+            composite.execute(torch.rand(4, 128, 128, 3), settings(nodes, "4"), 8)
+
+    def test_same_settings_node_runs(self, host, caplog):
+        comfy, nodes, *_ = host
+        video = self.queued(nodes.VistaZoomVideo, prompt_graph(), "8")
+        with caplog.at_level("WARNING"):
+            frames = video.execute(torch.rand(4, 128, 128, 3), settings(nodes), 2, 16).result[0]
+        assert frames.shape == (7, 128, 128, 3) and "Vista Zoom" not in caplog.text
+
+    def test_other_feather_than_the_composite_warns(self, host, caplog):
+        comfy, nodes, *_ = host
+        video = self.queued(nodes.VistaZoomVideo, prompt_graph(video_feather=8), "8")
+        with caplog.at_level("WARNING"):
+            video.execute(torch.rand(4, 128, 128, 3), settings(nodes), 2, 8)
+        assert ("Vista Zoom Video: feather=8 px but the images were composited with feather=16 px (Vista Zoom "
+                "Composite node #7); use the same value on both") in caplog.text
 
 
 class TestZoomComposite:
