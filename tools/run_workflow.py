@@ -3,29 +3,46 @@
 Usage::
 
     python tools/run_workflow.py workflows/panorama_multidiffusion.json [--server 127.0.0.1:8188]
-        [--set NODE.INPUT=VALUE ...] [--out DIR] [--comfyui PATH] [--python PY] [--smoke] [--timeout S]
+        [--set NODE.INPUT=VALUE ...] [--out DIR] [--comfyui PATH] [--python PY] [--cpu | --gpu] [--smoke]
+        [--timeout S] [--log FILE]
 
 The workflow is the frontend's saved graph (like ``workflows/*.json``) or an API prompt; a graph is
 converted through the server's ``GET /object_info`` (tools/comfy_api_format.py). ``--set`` changes one
 input (NODE: a node id, a node title or a class type that names exactly one node; VALUE: JSON where it
-parses, e.g. ``512``, ``true``, ``"text"``, else the plain string). The prompt is queued through
-``POST /prompt``; ComfyUI's websocket (``/ws?clientId=…``) feeds one progress bar per node on stderr;
-every image, gif or video the run produced is fetched through ``/view`` into ``--out`` (default
-``./vista_outputs``) and its path printed on stdout. Seeds are used as saved ('control after generate' is
-a frontend action), so the same command gives the same images.
+parses, e.g. ``512``, ``true``, ``"text"``, else the plain string); node names are checked against the
+workflow file before any server is contacted, and input names too where the file or the pack's own table
+of widget names (tools/draw_thumbnails.py ``WIDGETS``: the Vista nodes and the stock loaders, latents and
+samplers) tells them; other input names are checked against the server's ``/object_info``. The prompt is
+queued through ``POST /prompt``; ComfyUI's websocket (``/ws?clientId=…``) feeds one progress bar per node
+on stderr (one scale per bar: the first total the node reports; Vista's per-window-batch reports and the
+sampler's per-step reports are put on it) and brings the Vista nodes' warnings (``vista.warning``, e.g. a
+window clamped to the canvas), which are printed as ``run_workflow: warning: …``; every image, gif or video
+the run produced is fetched through ``/view`` into ``--out`` (default ``./vista_outputs``) and its path
+printed on stdout. Seeds are used as saved ('control after generate' is a frontend action), so the same
+command gives the same images.
 
 When no server answers at ``--server`` and a ComfyUI checkout is given (``--comfyui`` or ``COMFYUI_PATH``),
-the runner starts that ComfyUI itself (``--python``, default this interpreter; ``main.py --cpu`` on a free
-127.0.0.1 port, output/temp/user folders in a temporary folder), with this pack linked into
-``custom_nodes/vista`` (removed afterwards), runs the workflow and stops it again. ``--smoke`` replaces
-every ``ckpt_name`` by the random-weight test checkpoint (tools/make_test_checkpoint.py, built once into
-``VISTA_TEST_CACHE``, default ~/.cache/vista-tests; the SDXL-family one for workflows named ``*sdxl*``),
-which a started ComfyUI sees through ``--extra-model-paths-config``; nothing else is shrunk.
+the runner starts that ComfyUI itself (``--python``, default this interpreter; ``main.py`` on a free
+127.0.0.1 port, output/temp/user folders and its log in a temporary folder), with this pack linked into
+``custom_nodes/vista`` (removed afterwards), runs the workflow and stops it again. It runs on the
+accelerator that interpreter's torch finds, in the order ComfyUI itself picks one (comfy/model_management.py:
+Intel XPU, Apple MPS, Ascend NPU, Cambricon MLU, else CUDA/ROCm); where torch finds none it adds ``--cpu``
+(ComfyUI without ``--cpu`` fails at import on a CPU-only torch). ``--cpu`` forces the CPU, ``--gpu`` starts
+it without ``--cpu`` whatever torch reports. The started server's log is removed after a successful run;
+after a failure it is kept as ``vista-comfyui-last.log`` in the system's temporary folder (one file,
+replaced by the next failure), or wherever ``--log`` says. ``--smoke`` replaces every ``ckpt_name`` by the
+random-weight test checkpoint (tools/make_test_checkpoint.py, built once into ``VISTA_TEST_CACHE``, default
+~/.cache/vista-tests; the SDXL-family one for workflows named ``*sdxl*``), which a started ComfyUI sees
+through ``--extra-model-paths-config``; nothing else is shrunk: the workflow's canvas and steps cost what
+they cost (panorama_multidiffusion.json at 2048x512 and 20 steps: about 40 min on 2 CPU cores; shrink it
+with ``--set``).
 
 Errors end the run with one message and a non-zero exit code: 1 unreadable workflow, 2 bad arguments
 (``--set``), 3 no server / server failed, 4 missing model file or node type, 5 validation failed at
-``/prompt``, 6 execution error or interruption, 7 ``--timeout`` reached, 130 Ctrl-C.
-Needs aiohttp (in ComfyUI's requirements) for the websocket; tqdm draws the bars when installed.
+``/prompt``, 6 execution error or interruption, 7 ``--timeout`` reached, 130 Ctrl-C, 143 SIGTERM (129
+SIGHUP). Ctrl-C, SIGTERM and SIGHUP cancel the prompt, stop a ComfyUI the runner started, remove the
+``custom_nodes/vista`` link and the temporary folder. Needs aiohttp (in ComfyUI's requirements) for the
+websocket; tqdm draws the bars when installed.
 """
 from __future__ import annotations
 
@@ -34,6 +51,8 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -70,6 +89,60 @@ MODEL_FOLDERS = {"ckpt_name": "checkpoints", "vae_name": "vae", "lora_name": "lo
 NET_ERRORS = (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError)
 EXIT_ERROR, EXIT_USAGE, EXIT_SERVER, EXIT_MISSING, EXIT_INVALID, EXIT_FAILED, EXIT_TIMEOUT = 1, 2, 3, 4, 5, 6, 7
 EXIT_CTRL_C = 130
+WARNING_EVENT = "vista.warning"  # nodes/notify.py: {"node": display name, "message": the warning}
+LAST_LOG = "vista-comfyui-last.log"  # a failed run's server log, in the system's temporary folder
+ACCELERATOR_PREFIX = "vista-accelerator:"
+# What ComfyUI would run on without --cpu, in its own order (comfy/model_management.py: XPU, MPS, NPU, MLU,
+# else torch.cuda.current_device(), which raises on a CPU-only torch). Prints "KIND NAME" or nothing.
+DETECT_ACCELERATOR = """
+import torch
+def found():
+    try:
+        if torch.xpu.device_count() and torch.xpu.is_available():
+            return "xpu " + torch.xpu.get_device_name(0)
+    except Exception:
+        pass
+    try:
+        if torch.backends.mps.is_available():
+            return "mps Apple GPU"
+    except Exception:
+        pass
+    for module, kind in (("torch_npu", "npu"), ("torch_mlu", "mlu")):
+        try:
+            __import__(module)
+            if getattr(torch, kind).is_available():
+                return kind
+        except Exception:
+            pass
+    try:
+        if torch.cuda.is_available():
+            return ("rocm " if torch.version.hip else "cuda ") + torch.cuda.get_device_name(0)
+    except Exception:
+        pass
+    return ""
+print("%s" + found())
+""" % ACCELERATOR_PREFIX
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (``timeout``, a CI cancel, ``kill``, a closed terminal): unwound like Ctrl-C."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+
+def _terminate(signum, frame):
+    for sig in TERMINATING_SIGNALS:  # a second signal must not break the cleanup half-way
+        signal.signal(sig, signal.SIG_IGN)
+    raise Terminated(signum)
+
+
+TERMINATING_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 class RunError(Exception):
@@ -126,7 +199,9 @@ class Client:
 @dataclass
 class Server:
     client: Client
-    log: Path | None = None  # the log of a ComfyUI the runner started
+    log: Path | None = None  # where a started ComfyUI's log is kept after a failure (None: not started here)
+    checkout: Path | None = None  # the checkout the runner started
+    work: Path | None = None  # the started ComfyUI's temporary folder (removed at the end)
 
 
 def free_port() -> int:
@@ -183,19 +258,51 @@ def build_test_checkpoint(checkout: Path, python: str, family: str) -> Path:
     return cache / SMOKE_CHECKPOINTS[family]
 
 
+def detect_accelerator(python: str) -> str | None:
+    """``"KIND NAME"`` of the accelerator ``python``'s torch finds where ComfyUI would look for one, or None."""
+    try:
+        done = subprocess.run([python, "-c", DETECT_ACCELERATOR], capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise RunError(f"could not ask {python} for its torch device: {err}", EXIT_SERVER) from None
+    found = [line[len(ACCELERATOR_PREFIX):].strip() for line in done.stdout.splitlines()
+             if line.startswith(ACCELERATOR_PREFIX)]
+    if done.returncode != 0 or not found:
+        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-10:])
+        raise RunError(f"{python} cannot import torch (exit {done.returncode}); run this with ComfyUI's own Python "
+                       f"or pass it as --python:\n{tail}", EXIT_SERVER)
+    return found[0] or None
+
+
+def use_cpu(args) -> bool:
+    """Whether a started ComfyUI gets ``--cpu``: asked (--cpu), refused (--gpu), else where torch finds no accelerator."""
+    if args.device == "cpu":
+        note("--cpu: ComfyUI runs on the CPU")
+        return True
+    if args.device == "gpu":
+        note("--gpu: ComfyUI starts without --cpu (it fails at import where torch finds no accelerator)")
+        return False
+    accelerator = detect_accelerator(args.python)
+    if accelerator:
+        note(f"ComfyUI runs on the accelerator torch finds: {accelerator} (--cpu to use the CPU instead)")
+        return False
+    note("no CUDA, ROCm, MPS, XPU, NPU or MLU device found by torch: ComfyUI runs on the CPU (--cpu; a full-size "
+         "workflow takes tens of minutes there, shrink it with --set)")
+    return True
+
+
 def log_tail(log: Path, lines: int = 25) -> str:
     with open(log, encoding="utf-8", errors="replace") as f:
         return "".join(deque(f, maxlen=lines)).rstrip()
 
 
-def comfyui_command(python: str, port: int, work: Path, gpu: bool, checkpoints: Path | None) -> list[str]:
+def comfyui_command(python: str, port: int, work: Path, cpu: bool, checkpoints: Path | None) -> list[str]:
     for sub in ("output", "user"):
         (work / sub).mkdir(exist_ok=True)
     cmd = [python, "main.py", "--listen", "127.0.0.1", "--port", str(port), "--use-pytorch-cross-attention",
            "--output-directory", str(work / "output"), "--temp-directory", str(work),
            "--user-directory", str(work / "user"), "--database-url", f"sqlite:///{work / 'comfyui.db'}",
            "--disable-auto-launch"]
-    if not gpu:
+    if cpu:
         cmd.append("--cpu")
     if checkpoints is not None:
         paths = work / "extra_model_paths.yaml"
@@ -204,11 +311,11 @@ def comfyui_command(python: str, port: int, work: Path, gpu: bool, checkpoints: 
     return cmd
 
 
-def wait_until_up(client: Client, process: subprocess.Popen, log: Path, timeout: float) -> None:
+def wait_until_up(client: Client, process: subprocess.Popen, log: Path, timeout: float, hint: str = "") -> None:
     start = time.monotonic()
     while time.monotonic() - start < timeout:
         if process.poll() is not None:
-            raise RunError(f"ComfyUI exited with code {process.returncode} while starting; its log ends with:\n"
+            raise RunError(f"ComfyUI exited with code {process.returncode} while starting{hint}; its log ends with:\n"
                            f"{log_tail(log)}", EXIT_SERVER)
         if client.answers(timeout=5.0):
             note(f"ComfyUI is up after {time.monotonic() - start:.0f} s")
@@ -232,32 +339,39 @@ def stop(process: subprocess.Popen) -> None:
 def started_comfyui(args, family: str | None):
     """Start the ComfyUI checkout with the pack linked in, yield a :class:`Server`, stop it again.
 
-    Output, temp and user folders live in a temporary folder, removed at the end; the server log is a
-    temporary file, removed after a successful run and kept after a failure. The checkout's own models/
-    and input/ folders are used as they are.
+    Output, temp and user folders and the server log live in a temporary folder, removed at the end (also on
+    Ctrl-C, SIGTERM and SIGHUP). After a failure (a :class:`RunError`) the log is kept: at ``--log`` if given,
+    else as ``vista-comfyui-last.log`` in the system's temporary folder, replacing an earlier failure's. The
+    checkout's own models/ and input/ folders are used as they are.
     """
     checkout = checkout_path(args.comfyui)
     checkpoints = build_test_checkpoint(checkout, args.python, family).parent if family else None
-    handle, name = tempfile.mkstemp(prefix="vista-comfyui-", suffix=".log")
-    os.close(handle)
-    log = Path(name)
-    with tempfile.TemporaryDirectory(prefix="vista-run-") as work, pack_link(checkout):
-        port = free_port()
-        note(f"starting ComfyUI from {checkout} on 127.0.0.1:{port} (log: {log})")
-        with open(log, "wb") as out:
-            process = subprocess.Popen(comfyui_command(args.python, port, Path(work), args.gpu, checkpoints),
-                                       cwd=checkout, stdout=out, stderr=subprocess.STDOUT,
-                                       env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    cpu = use_cpu(args)
+    kept = Path(args.log).expanduser().resolve() if args.log else Path(tempfile.gettempdir()) / LAST_LOG
+    with tempfile.TemporaryDirectory(prefix="vista-run-") as tmp, pack_link(checkout):
+        work = Path(tmp)
+        log = work / "comfyui.log"
+        port, process, failed = free_port(), None, False
         try:
+            with open(log, "wb") as out:
+                process = subprocess.Popen(comfyui_command(args.python, port, work, cpu, checkpoints),
+                                           cwd=checkout, stdout=out, stderr=subprocess.STDOUT,
+                                           env=dict(os.environ, PYTHONUNBUFFERED="1"))
+            note(f"starting ComfyUI from {checkout} on 127.0.0.1:{port} (pid {process.pid}; temporary folder: {work})")
             client = Client(f"127.0.0.1:{port}")
-            wait_until_up(client, process, log, args.startup_timeout)
-            yield Server(client, log)
-        except BaseException:
-            note(f"the started ComfyUI's log is kept: {log}")
+            hint = " (started without --cpu because of --gpu)" if args.device == "gpu" else ""
+            wait_until_up(client, process, log, args.startup_timeout, hint)
+            yield Server(client, kept, checkout, work)
+        except RunError:
+            failed = True
             raise
-        finally:
-            stop(process)
-    log.unlink()
+        finally:  # also on Ctrl-C and SIGTERM/SIGHUP (Terminated): never leave the server running
+            if process is not None:
+                stop(process)
+            if (failed or args.log) and log.is_file():
+                shutil.copyfile(log, kept)
+                if failed:
+                    note(f"the started ComfyUI's log is kept: {kept}")
 
 
 # --- the prompt ----------------------------------------------------------------------------
@@ -291,9 +405,13 @@ def missing_nodes_message(missing: list, log: Path | None) -> str:
     for node_id, title, kind in missing:
         hint = f" — a Vista node: update this pack ({REPO_ROOT})" if str(kind).startswith("Vista") else ""
         lines.append(f"  node {node_id} '{title}': {kind}{hint}")
-    where = f"the ComfyUI log {log}" if log else "ComfyUI's console output"
-    lines.append("Install or update the custom node pack that provides each type (ComfyUI-Manager finds packs by "
-                 f"node type), restart ComfyUI, and look for 'IMPORT FAILED' in {where}.")
+    if log:  # a ComfyUI the runner started: the next run starts a fresh one
+        lines.append("Install or update the custom node pack that provides each type in that checkout's custom_nodes/ "
+                     f"(ComfyUI-Manager finds packs by node type) and run again; look for 'IMPORT FAILED' in the "
+                     f"ComfyUI log {log}.")
+    else:
+        lines.append("Install or update the custom node pack that provides each type (ComfyUI-Manager finds packs by "
+                     "node type), restart ComfyUI, and look for 'IMPORT FAILED' in ComfyUI's console output.")
     return "\n".join(lines)
 
 
@@ -317,6 +435,57 @@ def parse_set(text: str) -> tuple[str, str, object]:
     except json.JSONDecodeError:
         value = raw
     return node, name, value
+
+
+def offline_nodes(workflow: dict) -> dict:
+    """The nodes a workflow file sends to /prompt, as ``{id: {class_type, _meta.title, inputs}}`` without a server.
+
+    Same ids, titles and class types as the prompt :func:`to_prompt` makes (frontend-only, muted and bypassed
+    nodes dropped); ``inputs`` holds the input names the file itself shows (a UI graph's sockets and the
+    widgets a recent frontend lists there; an API prompt's keys).
+    """
+    if api_format.is_ui_format(workflow):
+        return {str(n["id"]): {"class_type": n["type"], "_meta": {"title": n.get("title") or n["type"]},
+                               "inputs": {i["name"]: None for i in n.get("inputs") or [] if i.get("name")},
+                               "widgets_named": any("widget" in i for i in n.get("inputs") or [])}
+                for n in workflow["nodes"] if isinstance(n, dict) and "type" in n and "id" in n
+                and n["type"] not in api_format.FRONTEND_ONLY
+                and n.get("mode", 0) not in (api_format.MUTED, api_format.BYPASSED)}
+    body = workflow.get("prompt") if isinstance(workflow.get("prompt"), dict) else workflow
+    return {str(k): {"class_type": v["class_type"], "_meta": v.get("_meta") or {}, "inputs": dict(v.get("inputs") or {})}
+            for k, v in body.items() if isinstance(v, dict) and "class_type" in v}
+
+
+def widget_names() -> dict:
+    """``{class type: widget input names}`` that tools/draw_thumbnails.py keeps for the Vista nodes and the stock
+    loaders, latents and samplers (checked against both supported hosts' schemas by tests/host/test_node_docs.py);
+    empty when that module cannot be imported (it needs Pillow, which ComfyUI ships)."""
+    try:
+        import draw_thumbnails
+    except ImportError:
+        return {}
+    return {kind: tuple(n for n in names if n != draw_thumbnails.CONTROL) for kind, names in draw_thumbnails.WIDGETS.items()}
+
+
+def check_sets_offline(workflow: dict, sets: list[tuple[str, str, object]]) -> None:
+    """Fail on a ``--set`` whose node the workflow file does not have, or whose input the node cannot have,
+    before a server is contacted or started; input names the file does not tell are left to the server."""
+    nodes, widgets = offline_nodes(workflow), None
+    for key, name, _ in sets:
+        node_id = find_node(nodes, key, {})
+        node = nodes[node_id]
+        if name in node["inputs"]:
+            continue
+        widgets = widget_names() if widgets is None else widgets
+        if node["class_type"] in widgets:
+            names = list(dict.fromkeys([*widgets[node["class_type"]], *node["inputs"]]))
+        elif node.get("widgets_named"):
+            names = list(node["inputs"])
+        else:
+            continue  # the node's widget names are only in the server's /object_info
+        if name not in names:
+            raise RunError(f"--set: {describe(nodes, node_id, {})} has no input '{name}'; its inputs: "
+                           f"{', '.join(names)}", EXIT_USAGE)
 
 
 def find_node(prompt: dict, key: str, info: dict) -> str:
@@ -380,16 +549,26 @@ def model_folder(client: Client, name: str, options: list) -> tuple[str | None, 
     return folder, folders.get(folder, [])
 
 
-def check_models(client: Client, prompt: dict, info: dict, smoke: bool) -> None:
+def check_models(server: Server, prompt: dict, info: dict, smoke: bool) -> None:
+    """Fail on model-file inputs whose value the server does not list, naming the folders to put the file in.
+
+    ComfyUI lists a file added to a model folder without a restart (its folder listing is cached by the
+    folders' modification times); a ComfyUI the runner started is a fresh one on every run anyway. The
+    started server's temporary output folder (ComfyUI lists ``output/checkpoints`` too) is left out.
+    """
     problems = []
     for node_id, name, value, options in missing_models(prompt, info):
-        folder, paths = model_folder(client, name, options)
+        folder, paths = model_folder(server.client, name, options)
+        if server.work is not None:
+            paths = [p for p in paths if not Path(p).resolve().is_relative_to(server.work.resolve())]
         where = f"ComfyUI's {folder} folder" if folder else "the model folder this input lists"
         looks = f"; ComfyUI looks in: {', '.join(paths)}" if paths else ""
         has = ", ".join(map(str, options[:8])) + (", …" if len(options) > 8 else "") if options else "none"
+        put = "put the file into " + (paths[0] if paths else "that folder")
+        put += (" and run again" if server.work is not None else
+                " (ComfyUI lists new model files without a restart) and run again")
         problems.append(f"  {describe(prompt, node_id, info)}, input {name}: '{value}' is not in {where}{looks}\n"
-                        f"    put the file there and restart ComfyUI, or pick one it has with "
-                        f"--set {node_id}.{name}=NAME (it has: {has})")
+                        f"    {put}, or pick one it has with --set {node_id}.{name}=NAME (it has: {has})")
     if problems:
         hint = ("--smoke makes the test checkpoint visible only to a ComfyUI this runner starts (--comfyui)" if smoke
                 else "or run with --smoke to use the random-weight test checkpoint")
@@ -439,12 +618,30 @@ BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar:20}| {n_fmt}/{total_fmt} [{elapsed
 
 
 class Progress:
-    """One bar per executed node on stderr, named ``[k/n] #id title``, fed by the websocket's messages."""
+    """One bar per executed node on stderr, named ``[k/n] #id title``, fed by the websocket's messages.
+
+    A bar keeps one scale: the total of the node's first progress report. A node may report on several
+    (the sampler counts steps, ``(i + 1)/steps``; Vista's samplers count window batches, ``(i·n + b)/(steps·n)``,
+    nodes/_common.py ``WindowBatchProgress``): a report on another total is put on the bar's scale (rounded down).
+    """
 
     def __init__(self, prompt: dict, info: dict, file=sys.stderr):
         self.labels = {i: f"#{i} {node_title(node, info)}" for i, node in prompt.items()}
         self.expected, self.count, self.file = len(prompt), 0, file
-        self.node, self.bar = None, None
+        self.node, self.bar, self.scale = None, None, None
+        self.warnings: list[str] = []
+
+    def warn(self, text: str) -> None:
+        """Print ``text`` on a line of its own above the current bar."""
+        self.warnings.append(text)
+        line = f"run_workflow: warning: {text}"
+        if tqdm is not None and self.bar is not None:
+            tqdm.write(line, file=self.file)
+        else:
+            self.file.write(("\n" if self.bar is not None else "") + line + "\n")
+            if self.bar is not None:
+                self.bar.refresh()
+            self.file.flush()
 
     def cached(self, nodes: list) -> None:
         self.expected = len(self.labels) - len(nodes)
@@ -453,7 +650,7 @@ class Progress:
         if node == self.node:
             return
         self.close()
-        self.node, self.count = node, self.count + 1
+        self.node, self.count, self.scale = node, self.count + 1, None
         desc = f"[{self.count}/{max(self.expected, self.count)}] {self.labels.get(node, f'#{node}')}"
         self.bar = (tqdm(desc=desc, total=1, file=self.file, leave=True, bar_format=BAR_FORMAT) if tqdm is not None
                     else TextBar(desc, 1, self.file))
@@ -461,7 +658,9 @@ class Progress:
     def update(self, node: str | None, value: int, maximum: int) -> None:
         if self.bar is None or (node is not None and node != self.node):
             self.start(node)
-        self.bar.total, self.bar.n = maximum, value
+        if self.scale is None:
+            self.scale = self.bar.total = max(int(maximum), 1)
+        self.bar.n = min(int(value) * self.scale // max(int(maximum), 1), self.scale)
         self.bar.refresh()
 
     def close(self, complete: bool = True) -> None:
@@ -495,6 +694,10 @@ async def _follow(ws, prompt_id: str, prompt: dict, info: dict, progress: Progre
             continue
         event = json.loads(msg.data)
         kind, data = event.get("type"), event.get("data") or {}
+        if kind == WARNING_EVENT:  # sent to the client of the running prompt (ours), without a prompt_id
+            message, node = str(data.get("message", "")).strip(), str(data.get("node") or "Vista")
+            progress.warn(message if message.startswith(node) else f"{node}: {message}")
+            continue
         if data.get("prompt_id") != prompt_id:
             continue
         if kind == "execution_cached":
@@ -538,8 +741,9 @@ async def execute(client: Client, prompt: dict, info: dict, timeout: float | Non
         async with session.ws_connect(f"ws://{client.address}/ws?clientId={client_id}", max_msg_size=0) as ws:
             ticket["prompt_id"] = prompt_id = queue(client, prompt, client_id, info)
             note(f"queued prompt {prompt_id}")
+            ticket["progress"] = progress = Progress(prompt, info)
             try:
-                return await asyncio.wait_for(follow(ws, prompt_id, prompt, info, Progress(prompt, info)), timeout)
+                return await asyncio.wait_for(follow(ws, prompt_id, prompt, info, progress), timeout)
             except asyncio.TimeoutError:
                 cancel(client, prompt_id)
                 raise RunError(f"the run did not finish within {timeout:g} s (--timeout); it was interrupted",
@@ -584,17 +788,27 @@ def save_outputs(client: Client, outputs: dict, out_dir: Path) -> list[Path]:
     return saved
 
 
+def server_device(client: Client) -> str:
+    """The device a server runs on, from ``/system_stats`` (``cpu``, ``cuda:0 NVIDIA …``), or "unknown"."""
+    try:
+        devices = client.get_json("/system_stats", timeout=10).get("devices") or []
+        return str(devices[0].get("name") or devices[0].get("type")) if devices else "unknown"
+    except (*NET_ERRORS, OSError, AttributeError, IndexError):
+        return "unknown"
+
+
 def run_on(server: Server, workflow: dict, args) -> int:
     client = server.client
     try:
         info = client.get_json("/object_info", timeout=120)
     except (*NET_ERRORS, OSError) as err:
         raise RunError(f"{client.url}/object_info failed: {err}", EXIT_SERVER) from None
+    note(f"ComfyUI at {client.address} runs on: {server_device(client)}")
     prompt = to_prompt(workflow, info, server.log)
     if args.smoke:
         use_test_checkpoint(prompt, SMOKE_CHECKPOINTS[smoke_family(args.workflow)])
     apply_sets(prompt, [parse_set(s) for s in args.set], info)
-    check_models(client, prompt, info, args.smoke)
+    check_models(server, prompt, info, args.smoke)
     ticket: dict = {}
     try:
         outputs = asyncio.run(execute(client, prompt, info, args.timeout, ticket))
@@ -611,15 +825,22 @@ def run_on(server: Server, workflow: dict, args) -> int:
     for path in saved:
         print(path, flush=True)
     note(f"saved {len(saved)} file(s) to {args.out}" if saved else "the workflow produced no image or video files")
+    warnings = ticket["progress"].warnings
+    if warnings:
+        note(f"{len(warnings)} warning(s) from the Vista nodes during the run:\n" +
+             "\n".join(f"  {text}" for text in warnings))
     return 0
 
 
 def run(args) -> int:
     workflow = load_workflow(args.workflow)
-    for text in args.set:
-        parse_set(text)  # bad syntax fails before any server is started
+    # Bad syntax, nodes the workflow lacks and inputs they cannot have fail before any server is asked or started.
+    check_sets_offline(workflow, [parse_set(text) for text in args.set])
     client = Client(args.server)
     if client.answers():
+        if args.device != "auto":
+            note(f"--{args.device} applies only to a ComfyUI this runner starts; the one at {client.address} keeps "
+                 f"its own device")
         return run_on(Server(client), workflow, args)
     if not args.comfyui:
         raise RunError(f"no ComfyUI answers at {client.url}: start ComfyUI there, point --server at a running one, "
@@ -633,7 +854,9 @@ def run(args) -> int:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      epilog="Exit codes: 1 workflow, 2 arguments, 3 server, 4 missing model/node, "
-                                            "5 validation, 6 execution, 7 timeout.")
+                                            "5 validation, 6 execution, 7 timeout, 130 Ctrl-C, 143 SIGTERM "
+                                            "(129 SIGHUP). Ctrl-C, SIGTERM and SIGHUP cancel the prompt and stop a "
+                                            "ComfyUI the runner started.")
     parser.add_argument("workflow", type=Path, help="UI-format (frontend) or API-format workflow JSON")
     parser.add_argument("--server", default="127.0.0.1:8188", help="HOST:PORT of a running ComfyUI (default %(default)s)")
     parser.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",
@@ -642,8 +865,18 @@ def parse_args(argv=None):
     parser.add_argument("--comfyui", default=os.environ.get("COMFYUI_PATH"),
                         help="ComfyUI checkout to start when no server answers (default $COMFYUI_PATH)")
     parser.add_argument("--python", default=sys.executable, help="interpreter for a started ComfyUI (default: this one)")
-    parser.add_argument("--gpu", action="store_true", help="let a started ComfyUI use its default device, not --cpu")
-    parser.add_argument("--smoke", action="store_true", help="use the random-weight test checkpoint for every ckpt_name")
+    device = parser.add_mutually_exclusive_group()
+    device.add_argument("--cpu", dest="device", action="store_const", const="cpu", default="auto",
+                        help="start ComfyUI with --cpu (default: on the accelerator torch finds; --cpu where it "
+                             "finds none)")
+    device.add_argument("--gpu", dest="device", action="store_const", const="gpu",
+                        help="start ComfyUI without --cpu whatever torch reports")
+    parser.add_argument("--smoke", action="store_true",
+                        help="use the random-weight test checkpoint for every ckpt_name (images are noise; the "
+                             "canvas and steps are the workflow's: shrink them with --set on a CPU)")
+    parser.add_argument("--log", type=Path, default=None,
+                        help=f"keep a started ComfyUI's log here (default: removed after a success, kept as "
+                             f"{LAST_LOG} in the temporary folder after a failure)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds the run may take once queued")
     parser.add_argument("--startup-timeout", type=float, default=300.0, help="seconds a started ComfyUI may take to answer")
     return parser.parse_args(argv)
@@ -651,11 +884,17 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    for sig in TERMINATING_SIGNALS:
+        signal.signal(sig, _terminate)
     try:
         return run(args)
     except RunError as err:
         print(f"run_workflow: error: {err}", file=sys.stderr)
         return err.code
+    except Terminated as err:
+        print(f"run_workflow: terminated ({err.name}); the prompt was cancelled, a ComfyUI started here stopped",
+              file=sys.stderr)
+        return 128 + err.signum
     except KeyboardInterrupt:
         print("run_workflow: interrupted (Ctrl-C); the prompt was cancelled", file=sys.stderr)
         return EXIT_CTRL_C

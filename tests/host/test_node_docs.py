@@ -254,8 +254,8 @@ def test_host_reads_the_registry_metadata():
     from comfy_config import config_parser
 
     config = config_parser.extract_node_configuration(str(ROOT))
-    assert (config.project.name, config.project.version) == ("comfyui-vista", "0.4.0")
-    assert config.project.license.file == "LICENSE"
+    assert (config.project.name, config.project.version) == ("vista", pyproject()["project"]["version"])
+    assert config.project.license.text == "GPL-3.0-only"  # the SPDX string form (PEP 639) reads as the licence text
     assert config.project.dependencies == requirements()
     assert config.tool_comfy.publisher_id == "vista" and config.tool_comfy.display_name.startswith("Vista")
     assert (ROOT / config.tool_comfy.icon).is_file()
@@ -280,8 +280,10 @@ def pyproject() -> dict:
 def test_pyproject_registry_fields():
     data = pyproject()
     project, comfy = data["project"], data["tool"]["comfy"]
-    assert project["name"] == "comfyui-vista" and re.fullmatch(r"\d+\.\d+\.\d+", project["version"])
-    assert project["license"] == {"file": "LICENSE"} and project["description"].strip()
+    # The registry's node id, without "ComfyUI" (the registry asks so), = the custom_nodes/ folder name README uses.
+    assert project["name"] == "vista" and re.fullmatch(r"\d+\.\d+\.\d+", project["version"])
+    assert project["license"] == "GPL-3.0-only" and project["description"].strip()  # SPDX, not the deprecated table
+    assert all((ROOT / path).is_file() for path in project["license-files"])
     assert project["dependencies"] == requirements(), "pyproject dependencies must be requirements.txt"
     assert not any(re.match(r"(torch|numpy)\b", dep) for dep in project["dependencies"])
     assert {"PublisherId", "DisplayName", "Icon"} <= set(comfy) and "web" not in comfy
@@ -300,6 +302,11 @@ def test_license_is_gpl3():
     assert "GNU GENERAL PUBLIC LICENSE" in text and "Version 3, 29 June 2007" in text
 
 
-def test_changelog_has_unreleased_and_the_version():
+def test_changelog_describes_the_version():
+    """The version pyproject.toml carries is the changelog's newest section (dated once published,
+    "unreleased" until then: tools/check_publish.py refuses to publish it undated)."""
     text = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
-    assert "## [Unreleased]" in text and f"## [{pyproject()['project']['version']}]" in text
+    headings = re.findall(r"^## \[.*$", text, flags=re.M)
+    newest = re.fullmatch(r"## \[([^\]]+)\] - (unreleased|\d{4}-\d{2}-\d{2})", headings[0]) if headings else None
+    assert newest and newest.group(1) == pyproject()["project"]["version"], headings[:2]
+    assert not any("unreleased" in heading.lower() for heading in headings[1:]), headings

@@ -1,11 +1,13 @@
 """Host tier: tools/run_workflow.py as a user runs it (a subprocess) against a real ComfyUI (COMFYUI_PATH), no mocks.
 
 The error cases and the API-format run share the session's server (conftest ``comfyui_server``, which lists
-the random-weight test checkpoint); one test lets the runner start the host checkout itself. Canvases,
+the random-weight test checkpoint); three tests let the runner start the host checkout itself (a success, a
+failure, SIGTERM), each with a temporary folder of its own (TMPDIR) to see what a run leaves behind. Canvases,
 windows and steps are shrunk with ``--set`` so every run stays well under a minute on 2 CPU cores.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -13,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -55,13 +58,52 @@ def assert_one_error(done: subprocess.CompletedProcess, code: int) -> str:
     return done.stderr.split("run_workflow: error:", 1)[1]
 
 
+def temp_env(tmp_path: Path) -> tuple[dict, Path]:
+    """The runner's environment with a temporary folder of its own (TMPDIR), to see what a run leaves there."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    return dict(os.environ, TMPDIR=str(tmp)), tmp
+
+
+def leftovers(tmp: Path) -> list[str]:
+    """What a run left in its temporary folder, but torch's compile cache (torchinductor_<user>, which ComfyUI's
+    torch creates there and keeps for later runs on purpose)."""
+    return sorted(p.name for p in tmp.iterdir() if not p.name.startswith("torchinductor_"))
+
+
+def started_port(stderr: str) -> int:
+    """The port of the ComfyUI the runner says it starts."""
+    (port,) = re.findall(r"starting ComfyUI from .* on 127\.0\.0\.1:(\d+)", stderr)
+    return int(port)
+
+
+def comfyui_pids(port: int) -> list[int]:
+    """The processes running ComfyUI's main.py with ``port`` on their command line (Linux /proc)."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            args = cmdline.read_bytes().split(b"\0")
+            if b"main.py" in args and str(port).encode() in args:
+                pids.append(int(cmdline.parent.name))
+    return pids
+
+
 def test_starts_comfyui_itself_and_saves_the_image(comfyui_path, test_checkpoint, tmp_path):
     """No server at --server, a checkout given: the runner starts it (pack linked in, test checkpoint through
-    --extra-model-paths-config), shows per-node bars with the sampler's steps, saves the PNG, stops it."""
+    --extra-model-paths-config) on the device torch offers — the CPU here, with --cpu, since ComfyUI without it
+    fails at import on a CPU-only torch — shows per-node bars with the sampler's steps, saves the PNG, stops it
+    and leaves nothing in the temporary folder."""
+    env, tmp = temp_env(tmp_path)
     done = run_workflow(PANORAMA, "--server", f"127.0.0.1:{comfy_server.free_port()}", "--comfyui", comfyui_path,
-                        "--smoke", *SMALL, "--out", "outs", cwd=tmp_path)
+                        "--smoke", *SMALL, "--out", "outs", cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr
-    assert "starting ComfyUI" in done.stderr and "ComfyUI is up" in done.stderr
+    assert "starting ComfyUI from" in done.stderr and "ComfyUI is up" in done.stderr
+    # The device: what the runner decided agrees with what the started server reports (/system_stats).
+    (device,) = re.findall(r"ComfyUI at 127\.0\.0\.1:\d+ runs on: (.+)", done.stderr)
+    if "no CUDA, ROCm, MPS, XPU, NPU or MLU device found by torch: ComfyUI runs on the CPU (--cpu" in done.stderr:
+        assert device == "cpu", done.stderr
+    else:
+        assert "ComfyUI runs on the accelerator torch finds" in done.stderr and device != "cpu", done.stderr
     assert re.search(r"#6 KSampler: +100%\|.*\| 2/2", done.stderr), done.stderr  # the sampler's step bar
     assert "#2 Vista Tiled Diffusion" in done.stderr
     (saved,) = done.stdout.split()
@@ -69,8 +111,80 @@ def test_starts_comfyui_itself_and_saves_the_image(comfyui_path, test_checkpoint
     assert path.parent == tmp_path / "outs" and path.suffix == ".png"
     with Image.open(path) as image:
         assert image.size == (192, 128)
-    (log,) = re.findall(r"\(log: (\S+)\)", done.stderr)
-    assert not Path(log).exists(), "the server log of a successful run is removed"
+    assert leftovers(tmp) == [], "a successful run leaves nothing: the temporary folder and the server log are removed"
+
+
+def test_a_failed_started_run_keeps_one_log_and_gives_the_right_advice(comfyui_path, test_checkpoint, tmp_path):
+    """The workflow's own checkpoint, absent from the started ComfyUI: the advice names the checkout's model folder
+    (not the runner's temporary output folder ComfyUI also lists), says to run again (every run starts a fresh
+    ComfyUI: no restart to do); the failed run keeps its server log as one file, vista-comfyui-last.log."""
+    env, tmp = temp_env(tmp_path)
+    link = comfyui_path / "custom_nodes" / "vista"
+    linked_before = link.is_symlink()
+    done = run_workflow(PANORAMA, "--server", f"127.0.0.1:{comfy_server.free_port()}", "--comfyui", comfyui_path,
+                        cwd=tmp_path, env=env)
+    message = assert_one_error(done, 4)
+    assert "'v1-5-pruned-emaonly.safetensors' is not in ComfyUI's checkpoints folder" in message
+    assert f"put the file into {comfyui_path / 'models' / 'checkpoints'} and run again" in message, message
+    assert str(tmp) not in message and "restart" not in message, message  # no folder of the runner's, no restart
+    assert leftovers(tmp) == ["vista-comfyui-last.log"]
+    assert "To see the GUI go to" in (tmp / "vista-comfyui-last.log").read_text(), "it is the server's log"
+    assert f"the started ComfyUI's log is kept: {tmp / 'vista-comfyui-last.log'}" in done.stderr
+    assert link.is_symlink() == linked_before, "the custom_nodes/vista link is removed (unless it was there before)"
+
+
+def test_sigterm_cleans_up_like_ctrl_c(comfyui_path, test_checkpoint, tmp_path):
+    """SIGTERM (``timeout``, a CI cancel, ``kill``) while the started ComfyUI samples: the runner exits 143 with
+    one line, the server process is gone, the custom_nodes/vista link and the temporary folder are removed."""
+    env, tmp = temp_env(tmp_path)
+    link = comfyui_path / "custom_nodes" / "vista"
+    linked_before = link.is_symlink()
+    cmd = [sys.executable, str(RUNNER), str(PANORAMA), "--server", f"127.0.0.1:{comfy_server.free_port()}",
+           "--comfyui", str(comfyui_path), "--smoke", *SLOW]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    port = None
+    try:
+        lines = []
+        for line in proc.stderr:  # wait until the prompt is queued
+            lines.append(line)
+            if "starting ComfyUI from" in line:
+                port = started_port(line)
+            if "queued prompt" in line:
+                break
+        assert port is not None and "queued prompt" in lines[-1], "".join(lines)
+        time.sleep(3.0)
+        (pid,) = comfyui_pids(port)
+        assert comfy_server_answers(port), "the started ComfyUI is up and sampling"
+        proc.send_signal(signal.SIGTERM)
+        stderr = "".join(lines) + proc.stderr.read()
+        code = proc.wait(timeout=120)
+        time.sleep(1.0)
+        left = [what for what, there in (
+            ("the ComfyUI process", pid in comfyui_pids(port)),
+            ("the custom_nodes/vista link", link.is_symlink() and not linked_before),
+            (f"files in the temporary folder: {leftovers(tmp)}", leftovers(tmp) != []),
+        ) if there]
+        assert not left, f"after SIGTERM (exit {code}) the runner left {left}"
+        assert code == 143, stderr
+        assert "Traceback" not in stderr and "terminated (SIGTERM)" in stderr, stderr
+    finally:  # whatever failed above, leave no runner and no server behind
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=60)
+        proc.stderr.close()
+        for pid in comfyui_pids(port) if port is not None else []:
+            os.kill(pid, signal.SIGKILL)
+        if link.is_symlink() and not linked_before and link.resolve() == comfy_server.REPO_ROOT:
+            link.unlink()
+
+
+def comfy_server_answers(port: int) -> bool:
+    try:
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(
+                f"http://127.0.0.1:{port}/system_stats", timeout=5) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
 
 
 def test_api_format_on_a_running_server(comfyui_server, tmp_path):
@@ -93,12 +207,15 @@ def test_api_format_on_a_running_server(comfyui_server, tmp_path):
 
 
 def test_missing_checkpoint(comfyui_server, comfyui_path, tmp_path):
-    """The workflow's own ckpt_name, which the server lacks: node, input, file and the folders ComfyUI searches."""
+    """The workflow's own ckpt_name, which the server lacks: node, input, file and the folders ComfyUI searches;
+    a running ComfyUI lists a new model file without a restart, so the advice is to add it and run again."""
     done = run_workflow(PANORAMA, *on(comfyui_server), cwd=tmp_path)
     message = assert_one_error(done, 4)
     assert "node 1 'Load Checkpoint' (CheckpointLoaderSimple), input ckpt_name" in message
     assert "'v1-5-pruned-emaonly.safetensors' is not in ComfyUI's checkpoints folder" in message
     assert str(comfyui_path / "models" / "checkpoints") in message
+    assert "(ComfyUI lists new model files without a restart) and run again" in message
+    assert "restart ComfyUI" not in message
     assert comfy_server.CHECKPOINT in message  # what the server has
     assert "--smoke" in message
 
@@ -177,6 +294,56 @@ def test_ctrl_c_cancels_the_prompt(comfyui_server, tmp_path):
         assert proc.wait(timeout=60) == 130, stderr
     assert "Traceback" not in stderr and "interrupted (Ctrl-C); the prompt was cancelled" in stderr, stderr
     wait_for_empty_queue(comfyui_server)
+
+
+def test_vista_warnings_are_printed(comfyui_server, tmp_path):
+    """A window wider than the canvas is clamped with a warning (nodes/notify.py sends it as a vista.warning
+    websocket message): the runner prints it while the run goes on and lists it again at the end."""
+    done = run_workflow(PANORAMA, *on(comfyui_server), "--smoke", *SMALL, "--set", "VistaTiledDiffusion.window_width=256",
+                        cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    warning = "Vista Tiled Diffusion: window_width=256 px is larger than the image/area width 192 px"
+    assert f"run_workflow: warning: {warning}" in done.stderr, done.stderr
+    assert "1 warning(s) from the Vista nodes during the run:" in done.stderr, done.stderr
+
+
+def test_progress_keeps_one_scale(comfyui_server, tmp_path):
+    """Vista Tiled Diffusion moves the bar per window batch on the sampler's scale times the batches (here 2 windows
+    of batch 1: 4 per 2 steps) while the sampler reports steps (of 2): the KSampler bar shows one total throughout."""
+    done = run_workflow(PANORAMA, *on(comfyui_server), "--smoke", *SMALL,
+                        "--set", "VistaTiledDiffusion.window_batch_size=1", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    counts = re.findall(r"#6 KSampler: +\d+%\|[^|\r\n]*\| (\d+)/(\d+)", done.stderr)
+    assert counts[0] == ("0", "1"), counts  # the bar as the node starts, before any report
+    counts = counts[1:]
+    assert len(counts) >= 3, done.stderr  # window batch reports and step reports were both drawn
+    assert len({total for _, total in counts}) == 1, counts
+    assert counts[-1][0] == counts[-1][1], counts  # ends full
+
+
+def test_misspelt_set_fails_before_starting_comfyui(comfyui_path, tmp_path):
+    """--set names the workflow file can check (nodes; inputs of the Vista nodes and the stock samplers, latents
+    and loaders) fail in seconds, before a ComfyUI is started (which takes a minute or more)."""
+    free = ["--server", f"127.0.0.1:{comfy_server.free_port()}", "--comfyui", comfyui_path]
+    cases = {"KSampler.step=4": "node 6 'KSampler' (KSampler) has no input 'step'; its inputs: seed, steps, cfg",
+             "VistaTiledDiffusion.window_wdith=256": "(VistaTiledDiffusion) has no input 'window_wdith'",
+             "KSampler 2.steps=4": "no node has the id, title or class type 'KSampler 2'",
+             "CLIPTextEncode.text=x": "'CLIPTextEncode' matches 2 nodes"}
+    for text, expected in cases.items():
+        start = time.monotonic()
+        done = run_workflow(PANORAMA, *free, "--set", "KSampler.steps=2", "--set", text, cwd=tmp_path)
+        message = assert_one_error(done, 2)
+        assert expected in message, message
+        assert "starting ComfyUI from" not in done.stderr and time.monotonic() - start < 30, done.stderr
+
+
+def test_help_lists_every_exit_code():
+    done = subprocess.run([sys.executable, str(RUNNER), "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    text = " ".join(done.stdout.split())
+    for code in ("1 workflow", "2 arguments", "3 server", "4 missing model/node", "5 validation", "6 execution",
+                 "7 timeout", "130 Ctrl-C", "143 SIGTERM"):
+        assert code in text, (code, done.stdout)
 
 
 def test_set_names_one_node_and_an_existing_input(comfyui_server, tmp_path):
