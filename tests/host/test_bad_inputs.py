@@ -22,7 +22,7 @@ comes from stock nodes with in-range widget values alone (EmptyImage -> VAEEncod
 Widget values the host cannot convert ("wide", null, {}), missing inputs and NaN/Infinity (which ``json.dumps``
 writes and the server's ``json.loads`` reads) go into the prompt as they are; a linked value comes from a stock
 ``PrimitiveInt``/``PrimitiveFloat`` node (the host checks no range of a linked value).
-Run it with ``COMFYUI_PATH`` set, like test_e2e_workflows.py; the table in README's "Validation policy" lists these
+Run it with ``COMFYUI_PATH`` set, like test_e2e_workflows.py; the table in CONTRIBUTING.md ("The bad-input sweep") lists these
 cases.
 """
 from __future__ import annotations
@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -571,3 +572,31 @@ def test_bad_input(comfyui_server, bases, sweep, case: Case):
 
 def test_good_prompt_after_the_sweep(comfyui_server, bases, sweep):
     good_prompt_succeeds(comfyui_server, bases, next(sweep["good_seed"]))
+
+
+# --- the documented table -----------------------------------------------------------------------------------
+CONTRIBUTING = Path(__file__).resolve().parents[2] / "CONTRIBUTING.md"
+TABLE_CASE = re.compile(r"^\| [^|]+ \| [^|]+ \| `([a-z0-9.-]+)` \|", re.M)
+
+
+def documented_cases(text: str) -> list[str]:
+    """Case ids in CONTRIBUTING.md's "The bad-input sweep" table, in order."""
+    section = text.split("## The bad-input sweep", 1)[-1].split("\n## ", 1)[0]
+    return TABLE_CASE.findall(section)
+
+
+def test_contributing_table_lists_every_case():
+    """Every case of the sweep is a row of CONTRIBUTING.md's table, and every row is a case (no stale rows)."""
+    documented = documented_cases(CONTRIBUTING.read_text())
+    ids = [c.id for c in CASES]
+    assert sorted(set(ids) - set(documented)) == [], "cases missing from CONTRIBUTING.md's sweep table"
+    assert sorted(set(documented) - set(ids)) == [], "rows of CONTRIBUTING.md's sweep table that are no case"
+    assert len(documented) == len(set(documented)), "a case is listed twice"
+
+
+def test_table_check_trips():
+    """The table check sees a missing row and a stale one."""
+    row = "| Vista Tiled Diffusion | `stride_x` | `{}` | x | y |\n"
+    text = "## The bad-input sweep\n\n" + "".join(row.format(c.id) for c in CASES[1:]) + row.format("gone") + "\n## Next\n"
+    documented = documented_cases(text)
+    assert CASES[0].id not in documented and "gone" in documented
