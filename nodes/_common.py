@@ -384,7 +384,7 @@ def window_inputs(weight_default: str, batch_note: str = "") -> list:
         io.Combo.Input("weight_mode", options=list(WEIGHT_MODES), default=weight_default,
                        tooltip="How overlapping windows are averaged: " + "; ".join(WEIGHT_TOOLTIPS[m] for m in modes) + "."),
         io.Boolean.Input("wrap_x", default=False,
-                         tooltip="360° panorama: windows wrap around the left/right edge so the image tiles seamlessly."),
+                         tooltip="360° panorama: windows wrap around the left/right edge, so the latent joins up; the VAE decode may still leave a faint line at the join."),
         io.Int.Input("window_batch_size", default=4, min=1, max=256,
                      tooltip="Windows denoised per model call (higher = faster on a GPU, more memory)." + batch_note),
     ]
