@@ -336,6 +336,14 @@ class TestMADOnDiT:
             VistaMADAttention.execute(model, tau=0.3, input_blocks=True, middle_block=True, output_blocks=True)
 
 
+def budget_need(model, windows_per_call: int, window_hw) -> int:
+    """Bytes the canvas budget counts for one model call of ``windows_per_call`` windows of a DiT (Vista's
+    nodes/budget.py: the host's own ``memory_required`` per window, in the model's compute dtype)."""
+    from vista.nodes.budget import compute_dtype, window_bytes
+
+    return windows_per_call * window_bytes(model, None, window_hw, compute_dtype(model))
+
+
 class TestWorkflow:
     """workflows/panorama_flux.json in the node tier: its sampling chain with the workflow's own widget values on the
     tiny Flux, CONDITIONING built directly (the workflow's CLIPTextEncode needs T5-XXL), 1 step instead of the
@@ -370,6 +378,7 @@ class TestWorkflow:
         width, height, window_w, window_h, stride_x, stride_y = (px // self.SCALE for px in sizes)
         model, _ = tiny_flux()
         model = ModelSamplingFlux().patch(model, max_shift, base_shift, window_w, window_h)[0]
+        assert budget_need(model, window_batch, (window_h // 8, window_w // 8)) < 2**30  # the run does not hinge on free RAM
         calls = []
 
         def record(apply_model, args):
