@@ -1,6 +1,8 @@
 """Vista MAD Attention: merge the windows before attention, attend on the canvas, split after."""
 from __future__ import annotations
 
+import math
+
 import comfy.ldm.modules.attention as comfy_attention
 import comfy.model_management
 import comfy.patcher_extension
@@ -86,7 +88,7 @@ def unused_message(tau: float, steps: int) -> str:
     """Why a run with a MAD patch merged nothing, and the fix."""
     if mad_steps(tau, steps) == 0:
         return (f"{NODE}: tau={tau:g} of {steps} steps rounds to 0 merged steps, so MAD changed nothing; set tau to "
-                f"at least {0.5 / steps:.2f} for 1 step (paper: 0.3)")
+                f"at least {math.ceil(50 / steps) / 100:.2f} for 1 step (paper: 0.3)")
     return (f"{NODE}: no Vista windowed sampling ran this model, so MAD changed nothing (the sample is the unpatched "
             f"model's). MAD merges the windows of Vista Tiled Diffusion (chain it before or after this node, then any "
             f"sampler) or of the Vista Latent Fusion Sampler (with SamplerCustom / SamplerCustomAdvanced)")

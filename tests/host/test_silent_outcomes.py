@@ -7,7 +7,7 @@
   composited with (2): the prompt fails at the Video, naming both settings nodes; the same settings node with
   another feather runs and warns.
 
-Hand-written API prompts of a few nodes, 64 px latents and 1 step (the zoom case samples nothing): about a
+Hand-written API prompts of a few nodes, 64 px images and 2 steps (the zoom case samples nothing): about a
 minute on 2 CPU cores once the server runs.
 """
 from __future__ import annotations
@@ -21,8 +21,8 @@ pytestmark = [pytest.mark.host, pytest.mark.e2e]
 
 
 def ksampler_prompt(*patches: tuple[str, dict]) -> dict:
-    """Checkpoint → the ``patches`` (class_type, widget inputs) in order on the model → KSampler (1 step,
-    64x64 px) → VAEDecode → PreviewImage."""
+    """Checkpoint → the ``patches`` (class_type, widget inputs) in order on the model → KSampler (2 steps: MAD's
+    tau 0.3 then merges round-half-up(0.6) = 1 step when windowed, 64x64 px) → VAEDecode → PreviewImage."""
     prompt = {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT}},
         "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a beach", "clip": ["1", 1]}},
@@ -34,7 +34,7 @@ def ksampler_prompt(*patches: tuple[str, dict]) -> dict:
         prompt[str(10 + i)] = {"class_type": class_type, "inputs": {"model": model, **inputs}}
         model = [str(10 + i), 0]
     prompt["5"] = {"class_type": "KSampler", "inputs": {
-        "model": model, "seed": 1, "steps": 1, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal",
+        "model": model, "seed": 1, "steps": 2, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal",
         "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], "denoise": 1.0}}
     prompt["6"] = {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}}
     prompt["7"] = {"class_type": "PreviewImage", "inputs": {"images": ["6", 0]}}
