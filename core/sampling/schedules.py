@@ -1,7 +1,7 @@
 """Which sampling steps a method acts on, and with what weight: small integer-exact schedules.
 
 Shared by MAD (merged attention for the first τ of the steps), SyncDiffusion (``f`` guided steps
-spread over the run, weight decayed per step) and MSD (guidance for the first 30 % of the steps,
+spread over the run and ending at its last step, weight decayed per step) and MSD (guidance for the first 30 % of the steps,
 scaled cosine weight). Step counts are integers: a fraction of the steps is rounded half up on
 the fraction's decimal value, so float noise never adds or drops a step.
 """
@@ -30,17 +30,21 @@ def steps_in_fraction(fraction: float, n_steps: int) -> int:
 
 
 def uniform_steps(count: int, n_steps: int) -> frozenset[int]:
-    """``count`` step indices spread uniformly over ``n_steps`` (SyncDiffusion supp. §6.6, the frequency ``f``).
+    """``count`` step indices spread uniformly over ``n_steps``, the last step included (SyncDiffusion supp. §6.6, ``f``).
 
-    Step ``floor(j·n/count)`` for ``j = 0 … count−1``: the first step is always included;
-    ``count >= n_steps`` is every step, ``count = 0`` none.
+    Convention (the official SyncDiffusion code, ``(i + 1) % sync_freq == 0`` with the period
+    ``sync_freq = n / f``): step ``i`` is guided when ``(i + 1)·count/n_steps`` reaches a whole number, i.e.
+    steps ``ceil(k·n/count) − 1`` for ``k = 1 … count``. When ``count`` divides ``n_steps`` these are exactly
+    the official code's steps (10 of 50: 4, 9, …, 49); ``count >= n_steps`` is every step, ``count = 0`` none.
 
     >>> sorted(uniform_steps(10, 50))[:3], len(uniform_steps(50, 50)), sorted(uniform_steps(5, 50))
-    ([0, 5, 10], 50, [0, 10, 20, 30, 40])
+    ([4, 9, 14], 50, [9, 19, 29, 39, 49])
     """
     check(count >= 0, f"count must be >= 0 steps, got {count}")
     check(n_steps >= 0, f"n_steps must be >= 0, got {n_steps}")
-    return frozenset(range(n_steps)) if count >= n_steps else frozenset(j * n_steps // count for j in range(count))
+    if count >= n_steps:
+        return frozenset(range(n_steps))
+    return frozenset(-(-k * n_steps // count) - 1 for k in range(1, count + 1))
 
 
 def decayed_weight(weight: float, decay: float, step: int) -> float:

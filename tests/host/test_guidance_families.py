@@ -135,6 +135,89 @@ def test_multiscale(name):
     assert all(torch.equal(a, b) for a, b in zip(before, snapshot(model.model)))
 
 
+class PaperStepCheck:
+    """A VISTA_GUIDANCE around a real Vista one: at every guided window batch it lets the real guidance move the
+    windows, then recomputes the papers' step itself, by autograd on the DDPM latent ``x_t = x / s`` (``s`` from the
+    family's noise form, known to the test: sqrt(1 + sigma²) for eps/v, sqrt((1 − sigma)² + sigma²) for flow), with
+    the guidance's own differentiable model/decoder callables, and records both steps (in ``x_t``).
+
+    The sampler sees it as any guidance spec (``node``, ``min_align``, ``build(run)``)."""
+
+    def __init__(self, spec, flow: bool):
+        self.spec, self.node, self.min_align, self.flow, self.records = spec, spec.node, spec.min_align, flow, []
+
+    def build(self, run):
+        guidance, copies = self.spec.build(run)
+        self.guidance = guidance
+        return self, copies
+
+    def begin_step(self, x, ctx):
+        return self.guidance.begin_step(x, ctx)
+
+    def guide(self, x_w, chunk, ctx, state):
+        moved = self.guidance.guide(x_w, chunk, ctx, state)
+        sigma = float(ctx.sigma)
+        s = ((1 - sigma) ** 2 + sigma**2) ** 0.5 if self.flow else (1 + sigma**2) ** 0.5
+        with torch.inference_mode(False), torch.enable_grad():
+            x_t = (x_w.detach().clone().float() / s).requires_grad_(True)
+            loss, weight = self.papers_loss(x_t, s, chunk, ctx, state)
+            (grad,) = torch.autograd.grad(loss.sum(), x_t)
+        self.records.append((sigma, ctx.opts.flow_matching, x_t.detach() - moved.float() / s, weight * grad))
+        return moved
+
+    def papers_loss(self, x_t, s, chunk, ctx, state):
+        """The loss as a function of x_t and the per-row weight w_t (SyncDiffusion eq. 14 / MSD eq. 9)."""
+        g, rows = self.guidance, x_t.shape[0]
+        sigmas = ctx.sigma * x_t.new_ones(rows)
+        if hasattr(state, "anchor_image"):  # SyncDiffusion: LPIPS of decoded x0 to the anchor's, anchor rows fixed
+            anchor = ctx.opts.windows[g.anchor]
+            anchors = state.anchor_image.repeat(len(chunk), 1, 1, 1)
+            weight = torch.tensor([0.0 if w == anchor else state.weight for w in chunk]).repeat_interleave(rows // len(chunk))
+            return g.distance(g.decode(g.denoise(s * x_t, sigmas)), anchors), weight.view(-1, 1, 1, 1)
+        from vista.core.guidance.msd import downsample  # MSD: DDPM latents at t − 1 on both sides
+
+        sigma, sigma_next = float(ctx.sigma), float(ctx.sigma_next)
+        s_next = ((1 - sigma_next) ** 2 + sigma_next**2) ** 0.5 if self.flow else (1 + sigma_next**2) ** 0.5
+        x = s * x_t
+        d = g.denoise(x, sigmas)
+        phi = d + (sigma_next / sigma) * (x - d)
+        halves = [(w.y // 2, w.x // 2, w.h // 2, w.w // 2) for w in chunk]
+        targets = torch.cat([state.target[..., y : y + h, x0 : x0 + w_] for y, x0, h, w_ in halves]).to(x_t)
+        return (downsample(phi) / s_next - targets / s_next).square().flatten(1).mean(1), state.weight
+
+
+@pytest.mark.parametrize("method", ("sync", "msd"))
+@pytest.mark.parametrize("name", FAMILIES)
+def test_guidance_step_is_the_papers(name, method):
+    """[H] items 1 and 2: through the real sampler and the family's real network, every guided window batch moves
+    by the papers' step on the DDPM latent x_t (eps: SDXL, v: SD2.x-v, flow: SD3): mapped to x_t, the moved
+    latent equals x_t − w ∇_{x_t} L. Before the fix the step was 1/s² (eps/v) of it; the sampler's flow flag is
+    checked against the family as well."""
+    comfy = import_host()
+    from vista.nodes.guidance import VistaMultiScaleDiffusion, VistaSyncDiffusion
+
+    model, pos, neg, channels, window = family(name)
+    flow = name == "sd3"
+    if method == "sync":
+        spec = VistaSyncDiffusion.execute(weight=20.0, decay=0.95, guided_steps=50, lpips_net="alex", decoder="vae",
+                                          vae=taesd_vae(channels)).result[0]
+        height, width = 16, 32
+    else:
+        spec = VistaMultiScaleDiffusion.execute(levels=2, weight=200.0, guided_fraction=1.0,
+                                                noise_level="faithful (paper)").result[0]
+        height, width = 32, 32
+    check = PaperStepCheck(spec, flow)
+    sample(comfy, model, fusion_sampler(window, check), pos, neg, channels, height, width, steps=3)
+    assert len(check.records) >= 3
+    for sigma, flag, step, papers in check.records:
+        assert flag is flow
+        ratio = (step * papers).sum().item() / papers.square().sum().item()
+        print(f"{name} {method} sigma {sigma:.3f}: |step| {step.norm().item():.4g}, |paper's| {papers.norm().item():.4g}, "
+              f"ratio {ratio:.4f}, max |diff| {(step - papers).abs().max().item():.3g}")
+        assert papers.norm().item() > 0
+        assert (step - papers).norm().item() <= 1e-2 * papers.norm().item()  # float32 through a real network
+
+
 def test_autograd_switch_restored():
     """The host's in_training flag (v0.33.0) is set only during a differentiable pass and restored, also on error."""
     import_host()

