@@ -167,6 +167,7 @@ class TestVideoBudget:
     def test_refused_before_rendering(self, nodes):
         """10^9 frames per level of two 64 px levels: ~45 TB, more than any machine has free; refused at once."""
         from vista.core.zoom.stack import ZoomSettings
+        from vista.nodes.budget import check_video_budget  # noqa: F401  (without it the node would render away)
         from vista.nodes.zoom import VistaZoomVideo
 
         images = torch.rand(2, 64, 64, 3)
