@@ -1,11 +1,2 @@
-"""evaluation tests use tiny tensors: thread hand-offs dominate on a 2-core box, so run them single-threaded."""
-import pytest
-import torch
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+"""evaluation tests use tiny tensors: run them single-threaded (tests/support/threads.py)."""
+from threads import one_thread  # noqa: F401  (autouse fixture)
