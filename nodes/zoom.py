@@ -249,6 +249,8 @@ class VistaZoomVideo(io.ComfyNode):
     def execute(cls, images, zoom: ZoomSettings, frames_per_level: int, feather: int) -> io.NodeOutput:
         check_stack_settings(VIDEO_NODE, cls.hidden, zoom, feather)
         check_levels(VIDEO_NODE, "images", images.shape[0], zoom, DECODE_ALL)
+        if frames_per_level < 1:  # named here: the budget estimate below would refuse it less clearly
+            raise ValueError(f"{VIDEO_NODE}: frames_per_level must be >= 1, got {frames_per_level}")
         check_video_budget(VIDEO_NODE, images, frames_per_level)
         try:
             return io.NodeOutput(zoom_video_frames(images, zoom.p, frames_per_level, feather))

@@ -128,12 +128,17 @@ class TestZoomPrompts:
         assert cond.shape == (2, 154, 768)
         assert torch.equal(cond[1], alone.repeat(2, 1)[None][0])
 
-    @pytest.mark.parametrize("text, count", [(" \n\n", 0), ("a galaxy\na planet\na city", 3)])
-    def test_prompt_count_must_be_levels(self, host, text, count):
+    def test_prompt_count_must_be_levels(self, host):
         comfy, nodes, _, model, clip, vae = host
-        with pytest.raises(ValueError, match=f"Vista Zoom Prompts: prompts has {count} non-blank lines but the zoom "
-                                             f"settings have levels=4; write one prompt line per zoom level"):
-            nodes.VistaZoomPrompts.execute(settings(nodes), clip, text)
+        with pytest.raises(ValueError, match="Vista Zoom Prompts: prompts has 3 non-blank lines but the zoom "
+                                             "settings have levels=4; write one prompt line per zoom level"):
+            nodes.VistaZoomPrompts.execute(settings(nodes), clip, "a galaxy\na planet\na city")
+
+    def test_blank_prompts_named_as_blank(self, host):
+        comfy, nodes, _, model, clip, vae = host
+        with pytest.raises(ValueError, match=r"Vista Zoom Prompts: prompts is blank; write one prompt per line, one "
+                                             r"line per zoom level \(levels=4 lines\)"):
+            nodes.VistaZoomPrompts.execute(settings(nodes), clip, " \n\n")
 
 
 class TestZoomNoise:
