@@ -44,7 +44,7 @@ def artifacts(host_path) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # closed when the browser tier ends: an open page renders (CPU) all session
 def browser_server(host_path, tmp_path_factory):
     """A ComfyUI server (CPU) with Vista linked in and the random-weight SD1.5 checkpoint; stopped at the end."""
     checkpoint = comfy_server.build_checkpoint(comfy_server.cache_dir(), host_path)
@@ -61,7 +61,7 @@ def browser_server(host_path, tmp_path_factory):
             server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # closed when the browser tier ends: an open page renders (CPU) all session
 def chromium():
     """Headless Debian Chromium under Playwright. Missing pieces fail (CI must install them), never skip."""
     if not CHROMIUM.is_file():
@@ -81,7 +81,7 @@ def chromium():
             browser.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # closed when the browser tier ends: an open page renders (CPU) all session
 def page(chromium, browser_server):
     """One page on the server's frontend, loaded once for the session; ``page.vista_errors`` collects errors
     raised by Vista's own web files (uncaught exceptions and console errors that name /extensions/vista/)."""
