@@ -14,13 +14,13 @@ The /prompt behaviour through a real server on both hosts is tests/host/test_bad
 """
 from __future__ import annotations
 
-import asyncio
 import inspect
 import math
 
 import pytest
 import torch
 
+import comfy_server
 from host import import_host
 
 BAD_FLOATS = (math.nan, math.inf, -math.inf)
@@ -33,7 +33,7 @@ def nodes():
     from comfy_api.latest import io
     from vista.nodes import VistaExtension
 
-    return io, asyncio.run(VistaExtension().get_node_list())
+    return io, comfy_server.run_coroutine(VistaExtension().get_node_list())  # not asyncio.run: see run_coroutine
 
 
 def schema_inputs(node):
