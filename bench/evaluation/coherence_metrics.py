@@ -26,6 +26,20 @@ Non-standard: :func:`frechet_distance` on spatially pooled LPIPS-backbone featur
 Sharpness (GVCF's case for Variance-Corrected Fusion): mean squared Laplacian over pixels covered
 by several windows vs pixels covered by one (:func:`overlap_sharpness`).
 
+What users see and the papers' metrics miss (issue [B]):
+
+* :func:`seam_score`: gradient energy across the window edges a method used ÷ across the other latent-pixel
+  boundaries (1 for a canvas with no seams; a tile edge raises it), on one plan or the union of a shifting
+  method's plans (:func:`window_edges`);
+* the fidelity guard: :func:`laplacian_energy` of a panorama ÷ that of single-window samples, reported beside
+  every coherence number — blur lowers intra-LPIPS, so a blurrier method must not read as more coherent;
+* :func:`intra_lpips_from_weights` with ``rows_only``: on a 2-D canvas a sky crop and a ground crop differ
+  by design, so only crops of one row are compared; the layout across rows is
+  :func:`horizon_variance` on the whole height;
+* :func:`horizon_estimate` abstains in columns without a sky/ground edge (:func:`horizon_coverage`), so that
+  a sky gradient never reads as a horizon; :func:`horizon_steps` measures the horizon's jumps between
+  neighbouring window crops (independent windows each paint their own horizon height).
+
 Convention: images are RGB in [-1, 1], ``(B, 3, H, W)``; crops are taken row-major.
 """
 from __future__ import annotations
@@ -47,7 +61,9 @@ __all__ = [
     "gram_matrix", "style_loss",
     "vgg16_style_features", "intra_style_loss", "sun_mask", "horizon_rows", "horizon_variance", "sky_colours",
     "sky_drift", "count_suns", "lpips_embedding", "gaussian_stats", "frechet_distance_gaussians", "frechet_distance",
-    "coverage_count", "laplacian_energy", "overlap_sharpness",
+    "coverage_count", "laplacian_energy", "overlap_sharpness", "window_edges", "seam_score",
+    "HORIZON_MIN_CONTRAST",
+    "horizon_estimate", "horizon_coverage", "horizon_steps", "row_pairs",
 ]
 
 #: Rec. 709 luma weights (R, G, B).
@@ -117,18 +133,33 @@ def intra_lpips(image: torch.Tensor, window_h: int, window_w: int, distance: Dis
     return rearrange(d, "(b p) -> b p", b=b).mean(1)
 
 
+def row_pairs(rows: int, cols: int) -> torch.Tensor:
+    """The pairs ``i < j`` of a ``rows x cols`` crop grid (row-major) that lie in one row.
+
+    Shape: → ``(rows · cols(cols−1)/2, 2)`` long.
+
+    >>> row_pairs(2, 3).tolist()
+    [[0, 1], [0, 2], [1, 2], [3, 4], [3, 5], [4, 5]]
+    """
+    check(rows >= 1 and cols >= 2, f"a row needs at least 2 crops, got a {rows}x{cols} grid")
+    return torch.cat([crop_pairs(cols) + r * cols for r in range(rows)])
+
+
 def intra_lpips_from_weights(image: torch.Tensor, window_h: int, window_w: int,
-                             weights: Mapping[str, torch.Tensor]) -> torch.Tensor:
+                             weights: Mapping[str, torch.Tensor], rows_only: bool = False) -> torch.Tensor:
     """:func:`intra_lpips` with :func:`core.guidance.lpips.lpips`, running the trunk once per crop instead of twice per pair.
 
     Same value as ``intra_lpips(image, h, w, partial(lpips, weights=weights))`` (LPIPS eq. 1 on the cached,
     channel-normalised taps): 6 trunk passes instead of 30 on a 1×6 canvas, 16 instead of 240 on a 2×8 grid.
+    With ``rows_only`` only the pairs within one row of crops count (:func:`row_pairs`): the 2-D canvas's
+    score, where a sky crop and a ground crop of one coherent scene differ by design.
 
     Shape: ``(B, 3, H, W)`` → ``(B,)``; images are processed one at a time (the pair differences of the
     first tap are the memory peak: ``P · 64 · h · w`` values).
     """
     crops = window_crops(image, window_h, window_w)
-    pairs = crop_pairs(crops.shape[1]).to(image.device)
+    grid = (image.shape[-2] // window_h, image.shape[-1] // window_w)
+    pairs = (row_pairs(*grid) if rows_only else crop_pairs(crops.shape[1])).to(image.device)
     net = lpips_net(weights)
     w = {k: v.to(device=image.device, dtype=image.dtype) for k, v in weights.items()}
     scores = []
@@ -248,6 +279,7 @@ def horizon_rows(image: torch.Tensor, column_blur: int = 3, min_rows: int = 3, s
     do not win). Sun / moon pixels (:func:`sun_mask`, grown by ``sun_margin`` px) are left out of the
     fit: a bright disc is the strongest local edge of its columns. Columns are box-averaged over
     ``column_blur`` px first. On the world's scenes it recovers the rendered horizon within 1 px.
+    Every column gets a split, horizon or not: :func:`horizon_estimate` says which have one.
 
     Args:
         image: RGB in [-1, 1].
@@ -275,15 +307,95 @@ def horizon_rows(image: torch.Tensor, column_blur: int = 3, min_rows: int = 3, s
     return splits[sse.argmin(1)]
 
 
+#: A column has a horizon when splitting its straight-line fit in ``y`` at the horizon row into two lines explains at
+#: least this much colour per row (RGB, [-1, 1] units: ``sqrt(ΔSSE / H)``). Rendered scenes through the latent round
+#: trip: >= 0.064 (night, the darkest step) to 0.33; columns of sky only or of ground only: <= 0.057, all but a few
+#: sun-grazing sky columns <= 0.03.
+HORIZON_MIN_CONTRAST = 0.06
+
+
+def _line_sse(sums: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """Squared error of the least-squares line ``a + b·y`` (per channel) over rows ``[lo, hi)`` of every column.
+
+    Shape: ``sums (B, 3 + 3C, H + 1, W)`` zero-padded cumulative sums of ``(n, y, y², x, x·y, x²)``, ``lo, hi (B, W)``
+    → ``(B, W)``.
+    """
+    take = lambda r: sums.gather(2, r[:, None, None, :].expand(-1, sums.shape[1], 1, -1))[:, :, 0]  # noqa: E731
+    seg = take(hi) - take(lo)
+    c = (seg.shape[1] - 3) // 3
+    n, sy, syy = (seg[:, k:k + 1].clamp(min=0) for k in range(3))
+    sx, sxy, sxx = seg[:, 3:3 + c], seg[:, 3 + c:3 + 2 * c], seg[:, 3 + 2 * c:]
+    n = n.clamp(min=1e-12)
+    var_y = (syy - sy.pow(2) / n).clamp(min=1e-12)
+    cov = sxy - sx * sy / n
+    return (sxx - sx.pow(2) / n - cov.pow(2) / var_y).clamp(min=0).sum(1)
+
+
+def horizon_estimate(image: torch.Tensor, min_contrast: float = HORIZON_MIN_CONTRAST, sun_margin: int = 4,
+                     **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Horizon row per column (:func:`horizon_rows`) and whether the column has one.
+
+    Every column gets a split; it is a horizon when the column is not one smooth gradient: fitting one straight line
+    in ``y`` to the whole column leaves a squared colour error that two lines, split at that row, reduce by at least
+    ``H · min_contrast²``. A column of sky (a gradient: [G]'s estimator put a "horizon" in it) or of ground (a ramp and
+    a faint texture) is a line and abstains; a sky | ground column, even the night's dark one, is not. Sun / moon
+    pixels are left out of both line fits (``sun_margin`` px around them; the decoder blurs their rim). ``kwargs`` go
+    to :func:`horizon_rows`.
+
+    Shape: ``(B, 3, H, W)`` → rows ``(B, W)`` long, found ``(B, W)`` bool.
+    """
+    check(min_contrast >= 0, f"min_contrast must be >= 0, got {min_contrast}")
+    rows = horizon_rows(image, **kwargs)
+    x = image.to(torch.float64)
+    b, _, h, w = x.shape
+    keep = (~sun_mask(x, margin=sun_margin)).to(x.dtype)
+    y = (torch.arange(h, dtype=x.dtype, device=x.device) + 0.5).view(1, 1, h, 1).expand(b, 1, h, w)
+    sums = F.pad(torch.cat([keep, keep * y, keep * y * y, keep * x, keep * x * y, keep * x * x], 1).cumsum(2),
+                 (0, 0, 1, 0))
+    top, bottom = torch.zeros_like(rows), torch.full_like(rows, h)
+    gain = _line_sse(sums, top, bottom) - _line_sse(sums, top, rows) - _line_sse(sums, rows, bottom)
+    return rows, gain >= h * min_contrast ** 2
+
+
 def horizon_variance(image: torch.Tensor, **kwargs) -> torch.Tensor:
-    """Variance of the estimated horizon row along the canvas (px²; 0 for a flat horizon).
+    """Variance of the estimated horizon row along the canvas (px²; 0 for a flat horizon), over the columns that
+    have one (:func:`horizon_estimate`); NaN for a canvas where fewer than two columns do.
 
     The world's horizon is flat within a scene, so a coherent panorama scores 0 up to the estimator's
-    ±1 px; horizons at different heights in different windows raise it. ``kwargs`` go to :func:`horizon_rows`.
+    ±1 px; horizons at different heights in different windows raise it. ``kwargs`` go to :func:`horizon_estimate`.
 
-    Shape: ``(B, 3, H, W)`` → ``(B,)`` float64 (population variance over the ``W`` columns).
+    Shape: ``(B, 3, H, W)`` → ``(B,)`` float64 (population variance over the columns with a horizon).
     """
-    return horizon_rows(image, **kwargs).to(torch.float64).var(dim=1, correction=0)
+    rows, found = horizon_estimate(image, **kwargs)
+    rows, found = rows.to(torch.float64), found.to(torch.float64)
+    n = found.sum(1)
+    mean = (rows * found).sum(1) / n.clamp(min=1)
+    var = ((rows - mean[:, None]).pow(2) * found).sum(1) / n.clamp(min=1)
+    return torch.where(n >= 2, var, torch.full_like(var, float("nan")))
+
+
+def horizon_coverage(image: torch.Tensor, **kwargs) -> torch.Tensor:
+    """Fraction of columns with a horizon (:func:`horizon_estimate`): 1 on every rendered world scene.
+
+    Shape: ``(B, 3, H, W)`` → ``(B,)`` float64.
+    """
+    return horizon_estimate(image, **kwargs)[1].to(torch.float64).mean(1)
+
+
+def horizon_steps(image: torch.Tensor, crop_width: int, **kwargs) -> torch.Tensor:
+    """Mean absolute jump of the horizon between neighbouring crops (px): the median horizon row of each
+    ``crop_width``-wide column block (its columns with a horizon), differenced along the canvas.
+
+    Independent windows each paint a horizon at their own height, so it jumps at every crop edge; a coherent
+    panorama keeps it (0 on a rendered scene). Pairs where either crop has no horizon column are left out; NaN when
+    no pair is left.
+
+    Shape: ``(B, 3, H, N·crop_width)`` → ``(B,)`` float64.
+    """
+    rows, found = horizon_estimate(image, **kwargs)
+    blocks = rearrange(torch.where(found, rows.to(torch.float64), float("nan")), "b (n w) -> b n w", w=crop_width)
+    median = blocks.nanmedian(dim=2).values  # (B, N); NaN where a block has no horizon column
+    return (median[:, 1:] - median[:, :-1]).abs().nanmean(1)
 
 
 def sky_colours(image: torch.Tensor, crop_width: int, band: int, sun_margin: int = 2) -> torch.Tensor:
@@ -438,3 +550,70 @@ def overlap_sharpness(image: torch.Tensor, windows: Sequence[Window], scale: int
     check(bool((count >= 1).all()), f"the windows leave pixels of the {h}x{w} px image uncovered: plan them for this canvas")
     check(bool((count == 1).any() and (count >= 2).any()), "the windows leave no single- or no multi-covered pixel")
     return laplacian_energy(image, count >= 2) / laplacian_energy(image, count == 1)
+
+
+def window_edges(plans: Sequence[Sequence[Window]], height: int, width: int,
+                 scale: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pixel boundaries where a window of any plan starts or ends (``scale`` image px per latent px).
+
+    A method that shifts its windows between steps (SpotDiffusion-like) passes every step's plan: its seams may lie
+    on any of them. Boundary ``b`` lies between pixels ``b − 1`` and ``b``; the canvas border (0 and the size) is
+    never an edge; a wrapped window's edges are taken modulo the width.
+
+    Shape: → columns ``(width·scale + 1,)`` bool, rows ``(height·scale + 1,)`` bool.
+
+    >>> cols, rows = window_edges([[Window(0, 0, 2, 4), Window(0, 2, 2, 4)]], 2, 6)
+    >>> cols.nonzero().flatten().tolist(), rows.any().item()
+    ([2, 4], False)
+    """
+    check(scale >= 1 and len(plans) > 0 and all(len(p) > 0 for p in plans),
+          f"need at least one non-empty plan and scale >= 1, got {len(plans)} plans, scale {scale}")
+    cols = torch.zeros(width * scale + 1, dtype=torch.bool)
+    rows = torch.zeros(height * scale + 1, dtype=torch.bool)
+    for win in (w for plan in plans for w in plan):
+        for x in (win.x % width, (win.x + win.w) % width):
+            cols[x * scale] = True
+        for y in (win.y, win.y + win.h):
+            rows[min(y, height) * scale] = True
+    for edges in (cols, rows):
+        edges[0] = edges[-1] = False
+    return cols, rows
+
+
+def seam_score(image: torch.Tensor, col_edges: torch.Tensor, row_edges: torch.Tensor, phase: int = 1) -> torch.Tensor:
+    """How much more the image changes across window edges than across the other boundaries (issue [B]).
+
+    Every pixel boundary gets the mean absolute step between the pixels on either side of it (over channels and
+    along the boundary: vertical boundaries step along ``x``, horizontal ones along ``y``); the score is the median
+    over the window edges ÷ the median over the boundaries that are no edge. Only boundaries at multiples of
+    ``phase`` count on either side — the latent-pixel boundaries when ``phase`` is the decoder's factor (a bilinear
+    decoder's steps differ between latent-pixel boundaries and the pixels between them), which every window edge is.
+    Medians, because a sun's rim or a mountain flank is a strong step at one boundary that is no seam. A seamless
+    canvas scores about 1 (rendered world scenes through the latent round trip: 0.8–1.4); a tile edge raises it
+    (independent windows on the world: about 12).
+
+    Args:
+        image: ``(B, C, H, W)``.
+        col_edges, row_edges: ``(W + 1,)``, ``(H + 1,)`` bool (:func:`window_edges`).
+        phase: px between the boundaries compared (the latent factor).
+
+    Shape: → ``(B,)``.
+    """
+    check_shape(image, ["B", "C", "H", "W"], "image")
+    h, w = image.shape[-2:]
+    check(col_edges.shape == (w + 1,) and row_edges.shape == (h + 1,),
+          f"edges must be (W + 1,) = ({w + 1},) and (H + 1,) = ({h + 1},), got {tuple(col_edges.shape)}, "
+          f"{tuple(row_edges.shape)}")
+    check(phase >= 1 and w % phase == 0 and h % phase == 0, f"phase must divide the {h}x{w} px canvas, got {phase}")
+    step_x = (image[..., 1:] - image[..., :-1]).abs().mean(dim=(1, 2))  # (B, W − 1): boundary b = index b − 1
+    step_y = (image[..., 1:, :] - image[..., :-1, :]).abs().mean(dim=(1, 3))  # (B, H − 1)
+    edge_steps, other_steps = [], []
+    for steps, edges, size in ((step_x, col_edges, w), (step_y, row_edges, h)):
+        on_phase = torch.zeros(size + 1, dtype=torch.bool)
+        on_phase[phase:size:phase] = True
+        edge_steps.append(steps[:, (edges & on_phase)[1:-1].to(image.device)])
+        other_steps.append(steps[:, (~edges & on_phase)[1:-1].to(image.device)])
+    edge, other = torch.cat(edge_steps, 1), torch.cat(other_steps, 1)
+    check(edge.shape[1] > 0 and other.shape[1] > 0, f"the plan leaves no window edge or no other boundary at a phase "
+          f"of {phase} px on the {h}x{w} px canvas ({edge.shape[1]} edges, {other.shape[1]} others)")
+    return edge.median(1).values / other.median(1).values.clamp(min=1e-12)

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from einops import rearrange
 from safetensors.torch import load_file
 
 from vista.bench.evaluation import coherence_metrics as cm
@@ -220,6 +221,153 @@ class TestHorizonVariance:
         assert d >= 3
         canvas = torch.cat([a[..., :H], b[..., :H]], dim=-1)[None]
         assert cm.horizon_variance(canvas).item() == pytest.approx((d / 2) ** 2, abs=d + 1)
+
+
+class TestHorizonEstimate:
+    @pytest.mark.parametrize("h", [64, 128])
+    def test_every_column_of_rendered_scenes_has_a_horizon(self, h):
+        """Through the latent round trip, as the benchmark sees them: 4 scenes per class."""
+        from vista.bench.evaluation.world import decode_latent, encode_latent
+
+        x, layouts = scenes([(c, 40 + s) for c in range(3) for s in range(4)], h=h)
+        x = decode_latent(encode_latent(x))
+        rows, found = cm.horizon_estimate(x)
+        truth = torch.stack([layout["horizon_y"] for layout in layouts])
+        assert bool(found.all())
+        assert ((rows - truth).abs() <= 2).double().mean() >= 0.99  # a few columns under a sun's decoded rim miss
+
+    def test_abstains_on_sky_only_and_ground_only_crops(self):
+        """The top and bottom quarters of 128 px scenes hold no horizon: a sky gradient or a ground ramp is no horizon
+        (the [G] estimator found one in every column)."""
+        x, _ = scenes([(c, 50 + s) for c in range(3) for s in range(4)], h=128)
+        assert cm.horizon_coverage(x[:, :, :32]).max().item() <= 0.05  # sky (horizon at >= 70 px)
+        assert cm.horizon_coverage(x[:, :, -32:]).max().item() <= 0.05  # ground only
+
+    def test_variance_over_found_columns_only(self):
+        """Half sky-only, half a scene: the variance is that of the scene's half (0), not of a horizon in the sky."""
+        x, _ = scenes([(0, 60)], h=64, windows=2)
+        sky = x[..., :16, :].repeat_interleave(4, dim=-2)  # rows 0-15 stretched: a sky gradient, no horizon
+        canvas = torch.cat([sky[..., :64], x[..., 64:]], dim=-1)
+        rows, found = cm.horizon_estimate(canvas)
+        assert not found[0, :64].any() and found[0, 64:].all()
+        assert cm.horizon_variance(canvas).item() <= 0.25
+        assert cm.horizon_coverage(canvas).item() == pytest.approx(0.5)
+
+    def test_exception_band(self):
+        with pytest.raises(VistaInputError, match="min_contrast must be >= 0, got -1"):
+            cm.horizon_estimate(torch.zeros(1, 3, 20, 5), min_contrast=-1)
+
+
+class TestHorizonSteps:
+    def test_zero_on_rendered_scenes(self):
+        x, _ = scenes([(c, 70 + c) for c in range(3)])
+        assert bool((cm.horizon_steps(x, H) <= 1).all())
+
+    def test_mosaic_of_scenes_jumps_at_every_crop(self):
+        """Crops of six scenes side by side (what independent windows make): the horizon jumps by the scenes' mean
+        absolute difference."""
+        x, layouts = scenes([(0, s) for s in range(6)], windows=1)
+        mosaic = torch.cat(list(x), dim=-1)[None]
+        rows = torch.stack([layout["horizon_y"][0] for layout in layouts])
+        expected = (rows[1:] - rows[:-1]).abs().mean().item()
+        assert expected >= 1
+        assert cm.horizon_steps(mosaic, H).item() == pytest.approx(expected, abs=1.5)
+
+
+class TestRowPairs:
+    def test_pairs_within_rows(self):
+        p = cm.row_pairs(2, 4)
+        assert p.shape == (12, 2) and bool((p // 4)[:, 0].eq((p // 4)[:, 1]).all())
+
+    def test_exception(self):
+        with pytest.raises(VistaInputError, match="a row needs at least 2 crops, got a 2x1 grid"):
+            cm.row_pairs(2, 1)
+
+
+class Test2DLayoutScore:
+    def test_rendered_scenes_beat_independent_windows(self):
+        """On a 2-D canvas (2 x 6 windows) the row-wise intra-LPIPS and the full-height horizon variance are lowest
+        for rendered scenes; a grid of windows cut from other scenes (what independent windows paint) scores worse on
+        both, while the all-pairs intra-LPIPS ranks the rendered scenes worse (it compares sky crops with ground
+        crops: "lower is better" is false there, [B])."""
+        h = 2 * H
+        x, _ = scenes([(c, 80 + c) for c in range(3)], h=h)
+        others, _ = scenes([(c, 90 + k) for k in range(12) for c in (0,)], h=h)
+        crops = rearrange(others, "k c (r h) (n w) -> k (r n) c h w", r=2, h=H, w=H)
+        # grid cell (r, n) from scene k = 6r + n: the top row of each window from a different scene
+        pick = torch.stack([crops[6 * r + n, r * 6 + n] for r in range(2) for n in range(6)])
+        mosaic = rearrange(pick, "(r n) c h w -> c (r h) (n w)", r=2)[None]
+        rows = functools.partial(cm.intra_lpips_from_weights, window_h=H, window_w=H, weights=alex_weights(),
+                                 rows_only=True)
+        everything = functools.partial(cm.intra_lpips_from_weights, window_h=H, window_w=H, weights=alex_weights())
+        assert rows(x[:1]).item() < rows(mosaic).item()
+        assert cm.horizon_variance(x[:1]).item() < cm.horizon_variance(mosaic).item()
+        assert everything(x[:1]).item() > rows(x[:1]).item()
+
+
+class TestSeamScore:
+    def test_window_edges_of_a_plan(self):
+        plan = plan_windows(16, 96, 16, 16, 4, 4)  # latent px: stride 4
+        cols, rows = cm.window_edges([plan], 16, 96, scale=4)
+        assert cols.nonzero().flatten().tolist() == list(range(16, 384, 16)) and not rows.any()
+
+    def test_wrapped_plan_has_an_edge_at_the_border_column(self):
+        cols, _ = cm.window_edges([[cm.Window(0, 20, 4, 8)]], 4, 24)
+        assert cols.nonzero().flatten().tolist() == [4, 20]
+
+    def test_about_one_on_rendered_scenes(self):
+        """Through the world's latent round trip (bilinear decode), the edges of MultiDiffusion's plan see no seam."""
+        from vista.bench.evaluation.world import decode_latent, encode_latent
+
+        x, _ = scenes([(c, s) for c in range(3) for s in range(6)], h=64)
+        x = decode_latent(encode_latent(x))
+        for stride in (4, 16):  # MultiDiffusion's plan, the independent windows' plan (latent px)
+            cols, rows = cm.window_edges([plan_windows(16, 96, 16, 16, stride, stride)], 16, 96, scale=4)
+            score = cm.seam_score(x, cols, rows, phase=4)
+            assert bool(((score > 0.6) & (score < 1.6)).all()), score
+
+    def test_planted_seam_is_found_at_its_position(self):
+        """A brightness step planted at x = 128 px: the score on a plan with an edge there is high; on a plan whose
+        edges miss it, about 1."""
+        from vista.bench.evaluation.world import decode_latent, encode_latent
+
+        x, _ = scenes([(c, 100 + c) for c in range(3)], h=64)
+        x = decode_latent(encode_latent(x))
+        planted = x.clone()
+        planted[..., 128:] += 0.15
+        at = cm.window_edges([[cm.Window(0, 0, 16, 32), cm.Window(0, 32, 16, 64)]], 16, 96, scale=4)
+        off = cm.window_edges([[cm.Window(0, 0, 16, 36), cm.Window(0, 36, 16, 60)]], 16, 96, scale=4)
+        assert bool((cm.seam_score(planted, *at, phase=4) > 3).all())
+        assert bool((cm.seam_score(x, *at, phase=4) < 2).all())
+        assert bool((cm.seam_score(planted, *off, phase=4) < 2).all())
+
+    def test_horizontal_edges_of_a_2d_plan(self):
+        x, _ = scenes([(0, 110)], h=64, windows=2)
+        planted = x.clone()
+        planted[..., 32:, :] -= 0.2
+        cols, rows = cm.window_edges([[cm.Window(0, 0, 8, 32), cm.Window(8, 0, 8, 32)]], 16, 32, scale=4)
+        assert rows.nonzero().flatten().tolist() == [32]
+        assert cm.seam_score(planted, cols, rows, phase=4).item() > 3 * cm.seam_score(x, cols, rows, phase=4).item()
+
+    def test_exception_no_other_boundary(self):
+        cols, rows = cm.window_edges([[cm.Window(0, 0, 4, 8)]], 4, 8)  # one window: no edge inside the canvas
+        with pytest.raises(VistaInputError, match="the plan leaves no window edge or no other boundary"):
+            cm.seam_score(torch.zeros(1, 3, 4, 8), cols, rows)
+
+
+class TestFidelityGuard:
+    def test_blur_lowers_the_laplacian_ratio(self):
+        """The guard reported beside every coherence number: a blurred panorama's Laplacian energy ÷ the references'
+        falls, while its intra-LPIPS falls too (why the guard is needed)."""
+        import kornia
+
+        x, _ = scenes([(c, 120 + c) for c in range(3)])
+        blurred = kornia.filters.gaussian_blur2d(x, (5, 5), (1.5, 1.5))
+        everything = torch.ones(x.shape[-2:], dtype=torch.bool)
+        reference = cm.laplacian_energy(x, everything).mean()
+        assert bool((cm.laplacian_energy(blurred, everything) / reference < 0.5).all())
+        lp = functools.partial(cm.intra_lpips_from_weights, window_h=H, window_w=H, weights=alex_weights())
+        assert bool((lp(blurred) < lp(x)).all())
 
 
 class TestSkyDrift:
