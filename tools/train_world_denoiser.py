@@ -47,6 +47,12 @@ WORLD_UNET_CONFIG = {
     "use_spatial_transformer": True, "use_linear_in_transformer": True, "legacy": False, "adm_in_channels": None,
     "use_checkpoint": False,
 }
+#: The SD-like variant (issue [B] item 3): attention at every level, the finest (16 latent px, 256 tokens) included,
+#: as SD1.5 has self- and cross-attention at 3 of its 4 resolutions including the finest (64 latent px at 512 px).
+#: MAD (attention merging) and MSD act through attention and the finest scales, which the first world UNet lacks.
+SD_LIKE_UNET_CONFIG = {**WORLD_UNET_CONFIG, "transformer_depth": [1, 1, 1],
+                       "transformer_depth_output": [1, 1, 1, 1, 1, 1]}
+ARCHITECTURES = {"world": WORLD_UNET_CONFIG, "sd-like": SD_LIKE_UNET_CONFIG}
 CLASSES = 3  # day, dusk, night (bench.evaluation.world.SCENE_CLASSES); row CLASSES of the token table is the empty prompt
 PROMPT_TOKENS = 4
 WINDOW = 64  # px
@@ -73,7 +79,7 @@ def import_world():
     return world
 
 
-def build_unet(comfy, seed: int):
+def build_unet(comfy, seed: int, config: dict = WORLD_UNET_CONFIG):
     """The host's UNetModel with PyTorch's default init, drawn from ``seed``; the output conv starts at zero.
 
     ComfyUI builds it with ``comfy.ops.disable_weight_init`` (weights left uninitialised, as for a checkpoint
@@ -83,7 +89,7 @@ def build_unet(comfy, seed: int):
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
     torch.manual_seed(seed)
-    net = UNetModel(**WORLD_UNET_CONFIG, operations=comfy.ops.disable_weight_init)
+    net = UNetModel(**config, operations=comfy.ops.disable_weight_init)
     bases = (torch.nn.Conv2d, torch.nn.Linear, torch.nn.GroupNorm, torch.nn.LayerNorm)
     for module in net.modules():
         base = next((b for b in bases if isinstance(module, b)), None)
@@ -138,7 +144,7 @@ def train(comfy, args) -> dict:
 
     world = import_world()
     sigmas = comfy.model_sampling.ModelSamplingDiscrete(None).sigmas.float()
-    net = build_unet(comfy, args.seed)
+    net = build_unet(comfy, args.seed, ARCHITECTURES[args.architecture])
     tokens = torch.nn.Parameter(torch.randn(CLASSES + 1, PROMPT_TOKENS, WORLD_UNET_CONFIG["context_dim"],
                                             generator=torch.Generator().manual_seed(args.seed + 1)))
     ema_net, ema_tokens = copy.deepcopy(net).requires_grad_(False), tokens.detach().clone()
@@ -179,7 +185,8 @@ def save(result: dict, args, out: Path) -> None:
 
     state = {f"model.diffusion_model.{k}": v.detach().contiguous() for k, v in result["net"].state_dict().items()}
     state["vista_world.prompt_tokens"] = result["tokens"].contiguous()
-    meta = {"vista": "world_denoiser", "unet_config": json.dumps(WORLD_UNET_CONFIG), "classes": "day,dusk,night,empty", "prediction": "v",
+    meta = {"vista": "world_denoiser", "unet_config": json.dumps(ARCHITECTURES[args.architecture]),
+            "architecture": args.architecture, "classes": "day,dusk,night,empty", "prediction": "v",
             "latent": "bench.evaluation.world.encode_latent (4x4 block means)", "window_px": str(WINDOW), "seed": str(args.seed),
             "steps": str(args.steps), "batch": str(args.batch), "lr": str(args.lr), "ema": str(args.ema),
             "cfg_dropout": str(args.cfg_dropout), "threads": str(args.threads), "eval_mse": f"{result['eval_mse']:.6f}",
@@ -200,6 +207,9 @@ def main(argv=None) -> None:
     parser.add_argument("--cfg-dropout", type=float, default=0.1, help="probability of the empty prompt")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--architecture", choices=sorted(ARCHITECTURES), default="world",
+                        help="world: attention at the 8 and 4 latent px levels (bench/data/world_denoiser.safetensors); "
+                             "sd-like: at every level, as SD1.5 (bench/data/world_denoiser_sd_like.safetensors)")
     parser.add_argument("--log-every", type=int, default=50)
     args = parser.parse_args(argv)
     if args.comfyui is None:
@@ -208,8 +218,8 @@ def main(argv=None) -> None:
 
     torch.set_num_threads(args.threads)
     comfy = _load("vista_make_test_checkpoint", ROOT / "tools" / "make_test_checkpoint.py")._import_host(args.comfyui)
-    params = sum(p.numel() for p in build_unet(comfy, args.seed).parameters())
-    print(f"world denoiser: {params / 1e6:.2f}M parameters, {args.steps} steps x batch {args.batch}, {args.threads} threads")
+    params = sum(p.numel() for p in build_unet(comfy, args.seed, ARCHITECTURES[args.architecture]).parameters())
+    print(f"world denoiser ({args.architecture}): {params / 1e6:.2f}M parameters, {args.steps} steps x batch {args.batch}, {args.threads} threads")
     result = train(comfy, args)
     save(result, args, args.out)
     print(f"trained in {result['seconds']:.0f} s ({result['seconds'] / args.steps:.2f} s/step); "
