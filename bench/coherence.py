@@ -191,7 +191,7 @@ THUMBNAIL = 16  # px per thumbnail pixel (the mechanism checks' per-sample panor
 class Bench:
     """The host, the pack's nodes, the world model; runs one method on one canvas for one seed."""
 
-    def __init__(self, weights: Path, steps: int, stride: int | None = None):
+    def __init__(self, weights: Path, steps: int):
         host = _common.host_path("bench/coherence.py")
         self.comfy = _common.import_host(host)
         self.vista = _common.load_pack(_common.ROOT)
@@ -201,7 +201,7 @@ class Bench:
                       "mad": mad.VistaMADAttention, "style": style_alignment.VistaStyleAlignment,
                       "sync": guidance.VistaSyncDiffusion, "msd": guidance.VistaMultiScaleDiffusion}
         self.world = load_world_model(self.comfy, weights)
-        self.steps, self.stride = steps, stride  # stride: a deliberately regressed default (--sabotage)
+        self.steps, self.stride = steps, None  # stride: a deliberately regressed default (--sabotage stride48)
         self.describe = _common.describe(host, _common.ROOT, weights.name)
 
     def stride_on(self, canvas: Canvas) -> int:
@@ -306,7 +306,7 @@ class Scorer:
         return self.plan_windows(*canvas.latent_hw, WINDOW // f, WINDOW // f, stride, stride)
 
     def per_sample(self, images: torch.Tensor, canvas: Canvas, method: Method) -> dict[str, list]:
-        cm, out, f = self.cm, {}, world_latent()[1]
+        cm, out, f, plan = self.cm, {}, world_latent()[1], self.plan(canvas, method)
         everything = torch.ones(images.shape[-2:], dtype=torch.bool)
         with torch.no_grad():
             out["thumbnail"] = torch.nn.functional.avg_pool2d(images, THUMBNAIL).flatten(1)
@@ -323,7 +323,7 @@ class Scorer:
             if self.config.style:
                 features = functools.partial(cm.vgg16_style_features, weights=self.vgg)
                 out["style"] = 1e3 * cm.intra_style_loss(images, WINDOW, WINDOW, features)
-            out["seam"] = cm.seam_score(images, *cm.window_edges([self.plan(canvas, method)], *canvas.latent_hw, f),
+            out["seam"] = cm.seam_score(images, *cm.window_edges([plan], *canvas.latent_hw, f),
                                         phase=f)
             out["horizon_steps"] = cm.horizon_steps(images, WINDOW)
             out["horizon_var"] = cm.horizon_variance(images)
@@ -332,7 +332,7 @@ class Scorer:
             suns = cm.count_suns(images).double()
             out["suns"], out["extra_suns"] = suns, 100.0 * (suns > 1).double()
             if not method.independent:
-                out["overlap_sharpness"] = cm.overlap_sharpness(images, self.plan(canvas, method), scale=f)
+                out["overlap_sharpness"] = cm.overlap_sharpness(images, plan, scale=f)
         return _lists(out)
 
     def frechet(self, images: torch.Tensor) -> float:
@@ -348,16 +348,6 @@ def _lists(out: dict) -> dict[str, list]:
             for k, v in out.items()}
 
 
-def mean_se(values: list[float]) -> tuple[float, float]:
-    values = [v for v in values if not math.isnan(v)]  # horizon variance abstains on a canvas without a horizon
-    n = len(values)
-    if n == 0:
-        return float("nan"), float("nan")
-    mean = sum(values) / n
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    return mean, sd / math.sqrt(n)
-
-
 # --- the whole benchmark --------------------------------------------------------------------------------------
 def run_all(config: Config, weights: Path, strip: Path | None, lpips_dir: Path | None = None,
             methods: tuple[str, ...] | None = None, broken: str | None = None) -> dict:
@@ -367,8 +357,9 @@ def run_all(config: Config, weights: Path, strip: Path | None, lpips_dir: Path |
     ``broken`` names a deliberately broken variant (``SABOTAGE``), applied once the pack is loaded.
     """
     bench = Bench(weights, config.steps)
-    stride = sabotage(broken) if broken else None
-    bench.stride = stride
+    from vista.bench.evaluation.claims import mean_se  # the pack is loaded by now
+
+    bench.stride = stride = sabotage(broken) if broken else None
     vgg = lpips_dir is not None
     if vgg:
         import folder_paths
@@ -419,6 +410,7 @@ def run_all(config: Config, weights: Path, strip: Path | None, lpips_dir: Path |
 
 def markdown(results: dict) -> str:
     """The table: mean ± standard error per metric, one table per canvas."""
+    from vista.bench.evaluation.claims import check_claims, mean_se
     cfg = results["config"]
     w = results["weights"]
     per_canvas = "".join(f", {v} on {k}" for k, v in cfg.get("canvas_samples", {}).items())
@@ -456,8 +448,6 @@ def markdown(results: dict) -> str:
             ratio = f"{m['seconds'] / md_seconds:.2f}" if md_seconds and m["seconds"] is not None else "—"
             lines.append(f"| {name} | " + " | ".join(cells) + f" | {m['frechet']:.3g} | {ratio} |")
         lines.append("")
-    from vista.bench.evaluation.claims import check_claims
-
     checked, _ = check_claims(results)
     lines += ["## Claims (paired, same seeds; bench/evaluation/claims.py)", ""] + [f"- {line}" for line in checked] + [""]
     return "\n".join(lines)

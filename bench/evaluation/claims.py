@@ -40,7 +40,7 @@ import math
 from dataclasses import dataclass
 
 __all__ = ["Z", "FIDELITY_FLOOR", "MIN_DIFFERENCE", "SAME_TOLERANCE", "Claim", "CLAIMS", "paired", "thumbnail_distance",
-           "check_claim", "check_claims", "behaves_like", "BAND_METRICS", "BAND_SIGMAS", "calibrate_bands", "check_bands"]
+           "mean_se", "check_claim", "check_claims", "behaves_like", "BAND_METRICS", "BAND_SIGMAS", "calibrate_bands", "check_bands"]
 
 #: A claim holds when the paired mean improvement is at least this many standard errors of the paired differences
 #: (one-sided; about p < 0.01 with 16 pairs).
@@ -103,8 +103,12 @@ CLAIMS = (
 )
 
 
-def _mean_se(values: list[float]) -> tuple[float, float]:
+def mean_se(values: list[float]) -> tuple[float, float]:
+    """Mean and standard error of the non-NaN values (NaN, NaN for none): a horizon metric abstains with NaN."""
+    values = [v for v in values if not math.isnan(v)]
     n = len(values)
+    if n == 0:
+        return float("nan"), float("nan")
     mean = sum(values) / n
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
     return mean, sd / math.sqrt(n)
@@ -117,7 +121,7 @@ def paired(a: list[float], b: list[float]) -> tuple[float, float, int]:
     d = [x - y for x, y in zip(a, b) if not (math.isnan(x) or math.isnan(y))]
     if len(d) < 2:
         return float("nan"), float("nan"), len(d)
-    mean, se = _mean_se(d)
+    mean, se = mean_se(d)
     return mean, se, len(d)
 
 
@@ -140,7 +144,7 @@ def check_claim(claim: Claim, results: dict, z: float = Z) -> tuple[bool, str]:
     a, b = _per_sample(results, claim.canvas, claim.method), _per_sample(results, claim.canvas, claim.ablation)
     if claim.better in ("differs", "same"):
         dist = thumbnail_distance(a["thumbnail"], b["thumbnail"])
-        mean, se = _mean_se(dist)
+        mean, se = mean_se(dist)
         if claim.better == "same":
             ok = max(dist) <= SAME_TOLERANCE
             return ok, f"{claim.label}: max |Δ| {max(dist):.2e} (≤ {SAME_TOLERANCE:g} to hold)"
@@ -155,7 +159,7 @@ def check_claim(claim: Claim, results: dict, z: float = Z) -> tuple[bool, str]:
     sigmas = f"{gain / se:.1f} s.e." if se else "no spread"
     line = f"{claim.label}: paired gain {gain:.4g} ± {se:.2g} (n {n}, {sigmas}; {z:g} s.e. to hold)"
     if claim.guard:
-        ratio = _mean_se(a["sharpness_vs_ref"])[0] / _mean_se(b["sharpness_vs_ref"])[0]
+        ratio = mean_se(a["sharpness_vs_ref"])[0] / mean_se(b["sharpness_vs_ref"])[0]
         line += f"; fidelity guard: sharpness {ratio:.2f}× the ablation's (≥ {FIDELITY_FLOOR:g})"
         ok = ok and ratio >= FIDELITY_FLOOR
     return ok, line
@@ -200,11 +204,8 @@ def calibrate_bands(results: dict, metrics=BAND_METRICS, sigmas: float = BAND_SI
     for canvas_name, canvas in results["canvases"].items():
         for method, entry in canvas["methods"].items():
             for metric in metrics:
-                values = [v for v in entry.get("per_sample", {}).get(metric, []) if not math.isnan(v)]
-                if len(values) < 2:
-                    continue
-                mean, se = _mean_se(values)
-                if se > 0:
+                mean, se = mean_se(entry.get("per_sample", {}).get(metric, []))
+                if se > 0:  # NaN (fewer than 2 values) and 0 (no spread) give no band
                     bands[f"{canvas_name}|{method}|{metric}"] = {"mean": mean, "tolerance": sigmas * se}
     return bands
 
@@ -223,8 +224,7 @@ def check_bands(bands: dict, results: dict) -> list[str]:
         if metric not in entry.get("per_sample", {}):
             failures.append(f"{key}: the results hold no {metric} for {method}")
             continue
-        values = [v for v in entry["per_sample"][metric] if not math.isnan(v)]
-        mean = _mean_se(values)[0]
+        mean = mean_se(entry["per_sample"][metric])[0]
         if abs(mean - band["mean"]) > band["tolerance"]:
             failures.append(f"{key}: {mean:.4g} outside {band['mean']:.4g} ± {band['tolerance']:.3g}")
     return failures
