@@ -15,11 +15,12 @@ from ..core.canvas.multidiffusion import chunks
 from ..core.canvas.windows import WEIGHT_MODES
 from ._common import (ETA_RANGE, S_NOISE_RANGE, CanvasPlan, PlanCache, WindowSpec, check_image_latent,
                       check_latent_values, check_numbers, check_option, check_patch_grid, check_pixels, check_strides,
-                      core_error, first_failure, latent_factor, mad_tau, require,
+                      core_error, first_failure, latent_factor, mad_tau, patch_size, require,
                       size_conditioning_input, step_form, takes_size_conditioning, WindowBatchProgress, unet_alignment,
                       unet_blocks, window_inputs, with_block_progress, with_layout)
 from .budget import check_canvas_budget
 from .guidance import GuidanceType, GuidedRun, log_memory
+from .positions import POSITIONS, position_grid, positions_input, with_canvas_positions
 
 NODE = "Vista Latent Fusion Sampler"
 # What autograd says when a host network cannot be differentiated (in-place updates, ops without a backward).
@@ -50,8 +51,10 @@ def reject_unsupported(model_wrap, denoise_mask) -> None:
                                  f"fusion cannot crop per window; {USE_TILED}")
 
 
-class WindowSizeConditioning:
-    """SDXL per-window micro-conditioning on the latent route (:func:`core.canvas.micro_conditioning.window_size_conditioning`).
+class WindowCalls:
+    """Per-window call arguments on the latent route: SDXL micro-conditioning
+    (:func:`core.canvas.micro_conditioning.window_size_conditioning`) and DiT canvas positions
+    (:func:`nodes.positions.with_canvas_positions`).
 
     The sampler's model calls carry no window identity, so this follows the order in which
     :func:`core.fusion.latent_fusion.sample_latent_fusion` makes them: per step, ``step_setup`` first, then one
@@ -59,11 +62,15 @@ class WindowSizeConditioning:
     windows through a ``model_function_wrapper`` in that call's own ``model_options`` (chained before any
     existing one), where ComfyUI hands over ``y`` as one window-major block per batched conditioning.
     A call that does not fit its batch (shape, count) raises rather than condition the wrong windows.
-    Lives for one ``sample`` call.
+    ``size_factor`` (image px per latent px) turns the micro-conditioning on; ``positions`` = (grid convention,
+    patch size, model name) the canvas positions, for a canvas of ``canvas_hw`` latent px. Lives for one
+    ``sample`` call.
     """
 
-    def __init__(self, windows, factor: int, setup):
-        self.windows, self.factor, self.setup = tuple(windows), factor, setup
+    def __init__(self, windows, setup, size_factor: int | None = None, positions: tuple | None = None,
+                 canvas_hw: tuple[int, int] = (0, 0)):
+        self.windows, self.setup, self.size_factor = tuple(windows), setup, size_factor
+        self.positions, self.canvas_hw = positions, tuple(canvas_hw)
         self.batches, self.calls = [], 0
 
     def step_setup(self, i: int, n_steps: int, extra_args: dict) -> tuple[dict, int]:
@@ -75,7 +82,8 @@ class WindowSizeConditioning:
     def check_step_done(self) -> None:
         if self.calls != len(self.batches):
             raise RuntimeError(f"{NODE}: {self.calls} model calls in a step of {len(self.batches)} window batches; "
-                               f"window_size_conditioning cannot tell the windows apart (set it to false)")
+                               f"per-window conditioning cannot tell the windows apart (set window_size_conditioning "
+                               f"to false and positions to window)")
 
     def next_batch(self, x):
         """The windows of this model call, checked against its shape."""
@@ -86,11 +94,11 @@ class WindowSizeConditioning:
         self.calls += 1
         if x.shape[0] % len(batch) or tuple(x.shape[-2:]) != (batch[0].h, batch[0].w):
             raise RuntimeError(f"{NODE}: a model call of shape {tuple(x.shape)} does not fit its {len(batch)} "
-                               f"windows of {batch[0].h}x{batch[0].w} latent px (window_size_conditioning)")
+                               f"windows of {batch[0].h}x{batch[0].w} latent px (per-window conditioning)")
         return batch
 
     def model(self, model):
-        """``model`` with each call's window batch conditioned on its windows' crop and size."""
+        """``model`` with each call's window batch conditioned on its windows' crop, size and position."""
         def call(x, sigma, **kwargs):
             batch = self.next_batch(x)
             options = kwargs.get("model_options", {})
@@ -99,15 +107,23 @@ class WindowSizeConditioning:
         return call
 
     def wrapper(self, batch, previous):
-        """A ``model_function_wrapper`` that gives ``y`` the crop and size of ``batch``'s windows."""
+        """A ``model_function_wrapper`` that gives ``batch``'s windows their crop and size (``y``) and positions."""
         def conditioned(apply_model, args):
-            c = args["c"]
-            if isinstance(c.get("y"), torch.Tensor):
-                y = window_size_conditioning(c["y"], batch, self.factor, groups=len(args["cond_or_uncond"]))
-                args = {**args, "c": {**c, "y": y}}
+            c, groups, canvas_positions = args["c"], len(args["cond_or_uncond"]), None
+            if self.size_factor is not None and isinstance(c.get("y"), torch.Tensor):
+                c = {**c, "y": window_size_conditioning(c["y"], batch, self.size_factor, groups=groups)}
+            if self.positions is not None:
+                grid, patch, _ = self.positions
+                c, canvas_positions = with_canvas_positions(NODE, c, grid, batch, patch, self.canvas_hw, groups,
+                                                            args["input"].shape[0] // (groups * len(batch)))
+            args = {**args, "c": c}
             if previous is not None:
-                return previous(apply_model, args)
-            return apply_model(args["input"], args["timestep"], **args["c"])
+                out = previous(apply_model, args)
+            else:
+                out = apply_model(args["input"], args["timestep"], **args["c"])
+            if canvas_positions is not None:
+                canvas_positions.check_called(self.positions[2])
+            return out
         return conditioned
 
     def sampler_function(self):
@@ -126,10 +142,10 @@ class LatentFusionSampler(comfy.samplers.Sampler):
     (noise scaling, callback/previews, inverse scaling)."""
 
     def __init__(self, spec: dict, weight_mode: str, batch_size: int, eta: float, s_noise: float, variance_corrected: bool,
-                 guidance=None, size_conditioning: bool = True):
+                 guidance=None, size_conditioning: bool = True, positions: str = "window"):
         self.spec, self.weight_mode, self.batch_size, self.guidance = spec, weight_mode, batch_size, guidance
         self.options = {"eta": eta, "s_noise": s_noise, "variance_corrected": variance_corrected}
-        self.size_conditioning = size_conditioning
+        self.size_conditioning, self.positions = size_conditioning, positions
 
     def window_spec(self, model_patcher) -> WindowSpec:
         """The window inputs, checked against the model's latent factor."""
@@ -178,11 +194,17 @@ class LatentFusionSampler(comfy.samplers.Sampler):
         log_memory(self.guidance, copies)
         return guidance, copies
 
-    def sampler_function(self, model_patcher, plan: CanvasPlan, spec: WindowSpec, options: dict):
-        """The k-diffusion function: :func:`sample_latent_fusion`, with per-window SDXL micro-conditioning if on."""
-        if not (self.size_conditioning and takes_size_conditioning(model_patcher)):
+    def sampler_function(self, model_patcher, plan: CanvasPlan, spec: WindowSpec, options: dict, canvas_hw):
+        """The k-diffusion function: :func:`sample_latent_fusion`, with per-window SDXL micro-conditioning and DiT
+        canvas positions where they are on."""
+        size_factor = spec.factor if self.size_conditioning and takes_size_conditioning(model_patcher) else None
+        positions = None
+        if self.positions == "canvas":
+            name = type(model_patcher.get_model_object("diffusion_model")).__name__
+            positions = (position_grid(NODE, model_patcher), patch_size(model_patcher), name)
+        if size_factor is None and positions is None:
             return sample_latent_fusion
-        return WindowSizeConditioning(plan.windows, spec.factor, options["step_setup"]).sampler_function()
+        return WindowCalls(plan.windows, options["step_setup"], size_factor, positions, canvas_hw).sampler_function()
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None, disable_pbar=False):
         check_image_latent(NODE, "latent_image", noise)
@@ -203,7 +225,7 @@ class LatentFusionSampler(comfy.samplers.Sampler):
                    "before_batch": progress.before_batch,
                    "step_setup": self.step_setup(plan, tau, noise.shape[0], progress, blocks),
                    **self.options, **step_form(model_wrap.model_patcher)}
-        inner = comfy.samplers.KSAMPLER(self.sampler_function(model_wrap.model_patcher, plan, spec, options),
+        inner = comfy.samplers.KSAMPLER(self.sampler_function(model_wrap.model_patcher, plan, spec, options, canvas_hw),
                                         extra_options=options)
         try:
             return inner.sample(model_wrap, sigmas, extra_args, callback, noise, latent_image, denoise_mask, disable_pbar)
@@ -254,6 +276,7 @@ class VistaLatentFusionSampler(io.ComfyNode):
                                    tooltip="Gradient guidance of the windows before each step: Vista SyncDiffusion or "
                                            "Vista Multi-Scale Diffusion."),
                 size_conditioning_input(),
+                positions_input(),
             ],
             outputs=[io.Sampler.Output(tooltip="A SAMPLER for SamplerCustom / SamplerCustomAdvanced.")],
         )
@@ -267,10 +290,15 @@ class VistaLatentFusionSampler(io.ComfyNode):
     @classmethod
     def execute(cls, window_width: int, window_height: int, stride_x: int, stride_y: int, weight_mode: str,
                 wrap_x: bool, window_batch_size: int, eta: float, s_noise: float, variance_corrected: bool,
-                guidance=None, window_size_conditioning: bool = True) -> io.NodeOutput:
+                guidance=None, window_size_conditioning: bool = True, positions: str = "window") -> io.NodeOutput:
         check_option(NODE, "weight_mode", weight_mode, WEIGHT_MODES)
+        check_option(NODE, "positions", positions, POSITIONS)
+        if positions == "canvas" and guidance is not None:
+            raise ValueError(f"{NODE}: positions=canvas with a guidance input is not supported: the guidance passes make "
+                             f"their own model calls, which would keep window positions. Use positions=window, or "
+                             f"disconnect the guidance")
         require(cls.validate_inputs(window_width, window_height, stride_x, stride_y, eta, s_noise))  # linked values
         spec = {"window_width": window_width, "window_height": window_height, "stride_x": stride_x,
                 "stride_y": stride_y, "wrap_x": wrap_x}
         return io.NodeOutput(LatentFusionSampler(spec, weight_mode, window_batch_size, eta, s_noise, variance_corrected,
-                                                 guidance, window_size_conditioning))
+                                                 guidance, window_size_conditioning, positions))

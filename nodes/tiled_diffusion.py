@@ -12,10 +12,11 @@ from ..core.canvas.conditioning import window_call_kwargs
 from ..core.canvas.multidiffusion import multidiffusion_predict
 from ..core.canvas.windows import WEIGHT_MODES, repeat_for_windows
 from ._common import (PlanCache, WindowBatchProgress, WindowSpec, check_image_latent, check_latent_values, check_option,
-                      check_patch_grid, check_pixels, check_strides, core_error, latent_factor, mad_tau, require,
+                      check_patch_grid, check_pixels, check_strides, core_error, latent_factor, mad_tau, patch_size, require,
                       size_conditioning_input, takes_size_conditioning, unet_alignment, unet_blocks, window_inputs,
                       with_block_progress, with_layout)
 from .memory import WindowBatchReservation
+from .positions import POSITIONS, position_grid, positions_input, with_canvas_positions
 
 NODE = "Vista Tiled Diffusion"
 RESERVATION_KEY = "vista_tiled_diffusion"
@@ -33,13 +34,15 @@ class TiledDiffusionPatch:
     ``cond_or_uncond``. Every window batch keeps that grouping (all windows of chunk 0, then of chunk 1, …),
     so a patch that splits the batch by ``cond_or_uncond`` (NAG, SAG, …) sees each chunk whole.
     Progress moves per window batch, and inside a MAD merged call (all windows at once) per UNet block
-    (``blocks``, see :func:`~nodes._common.with_block_progress`).
+    (``blocks``, see :func:`~nodes._common.with_block_progress`). With ``positions`` (a DiT's grid convention,
+    its patch size and class name), every window call carries its rows' canvas positions
+    (:func:`~nodes.positions.with_canvas_positions`).
     """
 
     def __init__(self, spec: WindowSpec, weight_mode: str, batch_size: int, alignment: int, previous=None,
-                 size_factor: int | None = None, blocks: tuple[int, int] = (0, 0)):
+                 size_factor: int | None = None, blocks: tuple[int, int] = (0, 0), positions: tuple | None = None):
         self.plans, self.batch_size, self.alignment, self.previous = PlanCache(spec, weight_mode), batch_size, alignment, previous
-        self.size_factor, self.progress, self.blocks = size_factor, WindowBatchProgress(), blocks
+        self.size_factor, self.progress, self.blocks, self.positions = size_factor, WindowBatchProgress(), blocks, positions
 
     def align_for(self, c: dict, options: dict) -> tuple[int, str]:
         """(offset grid, why) for this model call: the UNet grid when ControlNet or MAD needs it, else 1."""
@@ -64,12 +67,20 @@ class TiledDiffusionPatch:
             batch_size, units = len(plan.windows), max(sum(self.blocks), 1)  # the merge needs every window in one call
 
         def predict(crops, chunk):
+            window_c, canvas_positions = window_call_kwargs(c, x.shape[-2:], chunk, self.size_factor, groups), None
+            if self.positions is not None:
+                grid, patch, model_name = self.positions
+                window_c, canvas_positions = with_canvas_positions(NODE, window_c, grid, chunk, patch, x.shape[-2:],
+                                                                   groups, x.shape[0] // groups)
             window_args = {"input": crops, "timestep": repeat_for_windows(sigma, len(chunk), groups),
-                           "c": window_call_kwargs(c, x.shape[-2:], chunk, self.size_factor, groups),
-                           "cond_or_uncond": args["cond_or_uncond"]}
+                           "c": window_c, "cond_or_uncond": args["cond_or_uncond"]}
             if self.previous is not None:
-                return self.previous(apply_model, window_args)
-            return apply_model(window_args["input"], window_args["timestep"], **window_args["c"])
+                out = self.previous(apply_model, window_args)
+            else:
+                out = apply_model(window_args["input"], window_args["timestep"], **window_args["c"])
+            if canvas_positions is not None:
+                canvas_positions.check_called(model_name)
+            return out
 
         self.progress.start_step(step, steps, units)
         try:
@@ -120,6 +131,7 @@ class VistaTiledDiffusion(io.ComfyNode):
                 io.Model.Input("model", tooltip="The diffusion model to patch (SD1.x/2.x/SDXL/…)."),
                 *window_inputs("uniform", " While a Vista MAD patch is active, all windows go in one call."),
                 size_conditioning_input(),
+                positions_input(),
             ],
             outputs=[io.Model.Output(tooltip="The model, patched to denoise in fused windows at every sampling step.")],
         )
@@ -131,19 +143,25 @@ class VistaTiledDiffusion(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, window_width: int, window_height: int, stride_x: int, stride_y: int,
-                weight_mode: str, wrap_x: bool, window_batch_size: int, window_size_conditioning: bool = True) -> io.NodeOutput:
+                weight_mode: str, wrap_x: bool, window_batch_size: int, window_size_conditioning: bool = True,
+                positions: str = "window") -> io.NodeOutput:
         check_option(NODE, "weight_mode", weight_mode, WEIGHT_MODES)
+        check_option(NODE, "positions", positions, POSITIONS)
         require(cls.validate_inputs(window_width, window_height, stride_x, stride_y))  # linked values
         factor = latent_factor(model)
         check_pixels(NODE, factor, window_width=window_width, window_height=window_height, stride_x=stride_x, stride_y=stride_y)
         check_patch_grid(NODE, model, window_width=window_width, window_height=window_height)
         refuse_second_patch(model)
+        canvas_positions = None
+        if positions == "canvas":
+            name = type(model.get_model_object("diffusion_model")).__name__
+            canvas_positions = (position_grid(NODE, model), patch_size(model), name)
         spec = WindowSpec(NODE, window_width, window_height, stride_x, stride_y, factor, wrap_x)
         size_factor = factor if window_size_conditioning and takes_size_conditioning(model) else None
         model = model.clone()
         previous = model.model_options.get("model_function_wrapper")
         patch = TiledDiffusionPatch(spec, weight_mode, window_batch_size, unet_alignment(model), previous, size_factor,
-                                    unet_blocks(model))
+                                    unet_blocks(model), canvas_positions)
         model.set_model_unet_function_wrapper(patch)
         model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING, RESERVATION_KEY,
                                    WindowBatchReservation(spec, window_batch_size))

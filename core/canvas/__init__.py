@@ -5,5 +5,6 @@
 * :mod:`.multidiffusion` — prediction fusion: windows denoised in batches, predictions averaged;
 * :mod:`.conditioning` — per-window model-call arguments (crops of spatial inputs, repeats);
 * :mod:`.micro_conditioning` — SDXL's size/crop conditioning per window (SDXL §2.2);
+* :mod:`.positions` — a DiT window's token positions moved to where it lies on the canvas (RoPE ids);
 * :mod:`.budget` — windows, evaluations and memory of a run, estimated before it starts.
 """

@@ -318,6 +318,11 @@ CASES = [
           "stride_x=256 px must be at most window_width=128 px"),
     reject("td-weight-mode", "td", "VistaTiledDiffusion", "weight_mode", "triangle", "not in", "'uniform'",
            run_says=("weight_mode", "triangle", "uniform", "gaussian", "guided")),
+    reject("td-positions", "td", "VistaTiledDiffusion", "positions", "page", "not in", "'window'",
+           run_says=("positions", "page", "window", "canvas")),
+    error("td-positions-canvas-on-a-unet", "VistaTiledDiffusion", "positions",
+          set_input("td", "VistaTiledDiffusion", positions="canvas"),
+          "positions=canvas is not available for this model", "UNetModel is a UNet", "Use positions=window"),
     # not an error: the host gives an all-zero latent the model's channel count (comfy.sample.fix_empty_latent_channels)
     Case("td-empty-16ch-latent", "VistaTiledDiffusion", "latent_image", with_node("td", empty_sd3_latent), "ok"),
     error("td-canvas-out-of-memory", "VistaTiledDiffusion", "EmptyLatentImage width/height/batch_size",
@@ -356,6 +361,9 @@ CASES = [
     # Vista Latent Fusion Sampler
     error("lfs-window-132px", "VistaLatentFusionSampler", "window_width",
           set_input("lfs", "VistaLatentFusionSampler", window_width=132), "window_width=132 px", "multiple of 8 px"),
+    error("lfs-positions-canvas-on-a-unet", "VistaLatentFusionSampler", "positions",
+          set_input("lfs", "VistaLatentFusionSampler", positions="canvas"),
+          "Vista Latent Fusion Sampler: positions=canvas is not available for this model", "UNetModel is a UNet"),
     reject("lfs-stride-0", "lfs", "VistaLatentFusionSampler", "stride_y", 0, "stride_y=0 px must be in [8, 16384] px"),
     reject("lfs-stride-over-window", "lfs", "VistaLatentFusionSampler", "stride_y", 192,
            "stride_y=192 px must be at most window_height=128 px"),
