@@ -118,6 +118,40 @@ class TestStoredRun:
         assert any(method in f for f in failures), failures
 
 
+SD_LIKE = STORED.parent / "coherence_sd_like.json"
+
+
+@pytest.fixture(scope="module")
+def sd_like():
+    return json.loads(SD_LIKE.read_text())
+
+
+class TestSDLikeWorld:
+    """[B] item 3: the SD-like world's stored full run (bench/results/coherence_sd_like.json: MD, MAD, MAD τ1, MD on the
+    latent sampler, MSD; 16 seeds, 10 steps). MAD τ1 is held to the paper's effect there, and only there."""
+
+    def test_its_claims_hold(self, sd_like):
+        lines, failures = cl.check_claims(sd_like)
+        assert failures == [] and sum(line.startswith("PASS [effect] wide: MAD (τ 1)") for line in lines) == 2, lines
+
+    @pytest.mark.parametrize("claim", cl.SD_LIKE_CLAIMS, ids=lambda c: c.label)
+    def test_mad_behaving_like_multidiffusion_fails(self, sd_like, claim):
+        assert not cl.check_claim(claim, cl.behaves_like(sd_like, "wide", "MAD (τ 1)", "MultiDiffusion"))[0]
+
+    def test_blur_would_fail_the_guard(self, sd_like):
+        """The effect is not blur: halving MAD τ1's sharpness (what a blurrier "win" looks like) fails both claims."""
+        blurred = cl.behaves_like(sd_like, "wide", "MAD (τ 1)", "MAD (τ 1)")
+        per_sample = blurred["canvases"]["wide"]["methods"]["MAD (τ 1)"]["per_sample"]
+        per_sample["sharpness_vs_ref"] = [v / 2 for v in per_sample["sharpness_vs_ref"]]
+        assert not any(cl.check_claim(claim, blurred)[0] for claim in cl.SD_LIKE_CLAIMS)
+
+    def test_first_world_is_not_held_to_them(self, results):
+        """The first world (attention at its two coarsest levels) showed no such effect; its runs are not held to it."""
+        assert cl.claims_for(results) == cl.CLAIMS
+        assert not all(cl.check_claim(claim, json.loads((STORED.parent / "coherence.json").read_text()))[0]
+                       for claim in cl.SD_LIKE_CLAIMS)
+
+
 class TestBands:
     def test_no_zero_width_band(self):
         bands = json.loads(BASELINE.read_text())["bands"]
