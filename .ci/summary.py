@@ -50,7 +50,7 @@ def main(argv: list[str]) -> int:
             if name not in counts:
                 continue
             c = counts[name]
-            print(f"CI tier {name:<7} host {label:<11}: {c['passed']:4d} passed, {c['skipped']:3d} skipped, {c['failed']:3d} failed")
+            print(f"CI tier {name:<7} host {label:<13}: {c['passed']:4d} passed, {c['skipped']:3d} skipped, {c['failed']:3d} failed")
             bad |= c["failed"] > 0 or (strict and name != "core" and c["skipped"] > 0)
     return 1 if bad else 0
 

@@ -15,12 +15,12 @@ from ..core.canvas.multidiffusion import chunks
 from ..core.canvas.windows import WEIGHT_MODES
 from ._common import (ETA_RANGE, S_NOISE_RANGE, CanvasPlan, PlanCache, WindowSpec, check_image_latent,
                       check_latent_values, check_numbers, check_option, check_patch_grid, check_pixels, check_strides,
-                      core_error, first_failure, latent_factor, mad_tau, patch_size, require,
+                      core_error, first_failure, latent_factor, mad_tau, require,
                       size_conditioning_input, step_form, takes_size_conditioning, WindowBatchProgress, unet_alignment,
                       unet_blocks, window_inputs, with_block_progress, with_layout)
 from .budget import check_canvas_budget
 from .guidance import GuidanceType, GuidedRun, log_memory
-from .positions import POSITIONS, position_grid, positions_input, with_canvas_positions
+from .positions import POSITIONS, CanvasPositionHook, positions_input
 
 NODE = "Vista Latent Fusion Sampler"
 # What autograd says when a host network cannot be differentiated (in-place updates, ops without a backward).
@@ -54,7 +54,7 @@ def reject_unsupported(model_wrap, denoise_mask) -> None:
 class WindowCalls:
     """Per-window call arguments on the latent route: SDXL micro-conditioning
     (:func:`core.canvas.micro_conditioning.window_size_conditioning`) and DiT canvas positions
-    (:func:`nodes.positions.with_canvas_positions`).
+    (:class:`nodes.positions.CanvasPositionHook`).
 
     The sampler's model calls carry no window identity, so this follows the order in which
     :func:`core.fusion.latent_fusion.sample_latent_fusion` makes them: per step, ``step_setup`` first, then one
@@ -62,12 +62,11 @@ class WindowCalls:
     windows through a ``model_function_wrapper`` in that call's own ``model_options`` (chained before any
     existing one), where ComfyUI hands over ``y`` as one window-major block per batched conditioning.
     A call that does not fit its batch (shape, count) raises rather than condition the wrong windows.
-    ``size_factor`` (image px per latent px) turns the micro-conditioning on; ``positions`` = (grid convention,
-    patch size, model name) the canvas positions, for a canvas of ``canvas_hw`` latent px. Lives for one
-    ``sample`` call.
+    ``size_factor`` (image px per latent px) turns the micro-conditioning on, ``positions`` the canvas positions
+    for a canvas of ``canvas_hw`` latent px. Lives for one ``sample`` call.
     """
 
-    def __init__(self, windows, setup, size_factor: int | None = None, positions: tuple | None = None,
+    def __init__(self, windows, setup, size_factor: int | None = None, positions: CanvasPositionHook | None = None,
                  canvas_hw: tuple[int, int] = (0, 0)):
         self.windows, self.setup, self.size_factor = tuple(windows), setup, size_factor
         self.positions, self.canvas_hw = positions, tuple(canvas_hw)
@@ -113,16 +112,15 @@ class WindowCalls:
             if self.size_factor is not None and isinstance(c.get("y"), torch.Tensor):
                 c = {**c, "y": window_size_conditioning(c["y"], batch, self.size_factor, groups=groups)}
             if self.positions is not None:
-                grid, patch, _ = self.positions
-                c, canvas_positions = with_canvas_positions(NODE, c, grid, batch, patch, self.canvas_hw, groups,
-                                                            args["input"].shape[0] // (groups * len(batch)))
+                c, canvas_positions = self.positions.call(c, batch, self.canvas_hw, groups,
+                                                          args["input"].shape[0] // (groups * len(batch)))
             args = {**args, "c": c}
             if previous is not None:
                 out = previous(apply_model, args)
             else:
                 out = apply_model(args["input"], args["timestep"], **args["c"])
             if canvas_positions is not None:
-                canvas_positions.check_called(self.positions[2])
+                canvas_positions.check_called()
             return out
         return conditioned
 
@@ -198,10 +196,7 @@ class LatentFusionSampler(comfy.samplers.Sampler):
         """The k-diffusion function: :func:`sample_latent_fusion`, with per-window SDXL micro-conditioning and DiT
         canvas positions where they are on."""
         size_factor = spec.factor if self.size_conditioning and takes_size_conditioning(model_patcher) else None
-        positions = None
-        if self.positions == "canvas":
-            name = type(model_patcher.get_model_object("diffusion_model")).__name__
-            positions = (position_grid(NODE, model_patcher), patch_size(model_patcher), name)
+        positions = CanvasPositionHook.for_model(NODE, model_patcher) if self.positions == "canvas" else None
         if size_factor is None and positions is None:
             return sample_latent_fusion
         return WindowCalls(plan.windows, options["step_setup"], size_factor, positions, canvas_hw).sampler_function()

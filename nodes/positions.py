@@ -16,9 +16,13 @@ axis), which the windowed nodes do not take yet.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+
+from comfy_api.latest import io
 
 from ..core.canvas.positions import GridOrigin, shift_image_ids, text_shift, window_shifts
 from ..core.canvas.windows import Window
+from ._common import patch_size
 
 POSITIONS = ("window", "canvas")
 #: (module, class) of the host's diffusion models that call ``post_input`` with per-row ids → their grid origin.
@@ -37,14 +41,12 @@ NO_HOOK = {
 }
 
 
-def positions_input():
+def positions_input() -> io.Combo.Input:
     """The optional ``positions`` COMBO shared by the windowed nodes (old workflows load with ``window``)."""
-    from comfy_api.latest import io
-
     return io.Combo.Input(
         "positions", options=list(POSITIONS), default="window", optional=True,
-        tooltip="DiTs with rotary positions and a per-row position hook only (Flux; Flux.2 on v0.33.0). window = every window is "
-                "called as a standalone image, positions from 0 (what the model was trained on; the safe default). "
+        tooltip="DiTs with rotary positions and a per-row position hook only (Flux; Flux.2 on v0.33.0). "
+                "window = every window is called as a standalone image, positions from 0 (what the model was trained on; the safe default). "
                 "canvas = each window's tokens carry their position on the whole canvas (through the host's "
                 "post_input patch, per window in the same batched call): image-to-image attention inside a window "
                 "is unchanged (RoPE is relative), image-to-text offsets follow the canvas. Whether that helps plain "
@@ -86,8 +88,9 @@ class CanvasPositions:
     whether the host ran it.
     """
 
-    def __init__(self, node: str, shifts, image_tokens: int, text: float):
-        self.node, self.shifts, self.image_tokens, self.text, self.called = node, shifts, image_tokens, text, False
+    def __init__(self, node: str, model_name: str, shifts, image_tokens: int, text: float):
+        self.node, self.model_name, self.shifts, self.image_tokens, self.text = node, model_name, shifts, image_tokens, text
+        self.called = False
 
     def __call__(self, args: dict) -> dict:
         img_ids = args["img_ids"]
@@ -103,22 +106,39 @@ class CanvasPositions:
         self.called = True
         return out
 
-    def check_called(self, model_name: str) -> None:
+    def check_called(self) -> None:
         if not self.called:
-            raise ValueError(f"{self.node}: positions=canvas: this ComfyUI's {model_name} did not call the post_input "
-                             f"patch, so every window would keep window positions; use positions=window")
+            raise ValueError(f"{self.node}: positions=canvas: this ComfyUI's {self.model_name} did not call the "
+                             f"post_input patch, so every window would keep window positions; use positions=window")
 
 
-def with_canvas_positions(node: str, c: dict, grid: GridOrigin, windows: Sequence[Window], patch: int,
-                          canvas_hw: Sequence[int], groups: int, batch: int) -> tuple[dict, CanvasPositions]:
-    """The model call's kwargs ``c`` with a :class:`CanvasPositions` patch for ``windows`` (rows as crop_windows)."""
-    window_tokens = token_grid((windows[0].h, windows[0].w), patch)
-    canvas_tokens = token_grid(canvas_hw, patch)
-    shifts = window_shifts(windows, patch, canvas_tokens, window_tokens, grid, groups, batch)
-    positions = CanvasPositions(node, shifts, window_tokens[0] * window_tokens[1],
-                                text_shift(grid, canvas_tokens, window_tokens))
-    options = dict(c.get("transformer_options", {}))
-    patches = dict(options.get("patches", {}))
-    patches["post_input"] = [positions, *patches.get("post_input", [])]
-    options["patches"] = patches
-    return {**c, "transformer_options": options}, positions
+@dataclass(frozen=True)
+class CanvasPositionHook:
+    """positions=canvas for one model: its grid convention, patch size and class name, checked once per node run."""
+
+    node: str
+    grid: GridOrigin
+    patch: int
+    model_name: str
+
+    @classmethod
+    def for_model(cls, node: str, model) -> "CanvasPositionHook":
+        """The hook for ``model`` (a ModelPatcher), or a ValueError naming why it cannot have canvas positions."""
+        grid = position_grid(node, model)
+        return cls(node, grid, patch_size(model), type(model.get_model_object("diffusion_model")).__name__)
+
+    def call(self, c: dict, windows: Sequence[Window], canvas_hw: Sequence[int], groups: int,
+             batch: int) -> tuple[dict, CanvasPositions]:
+        """The model call's kwargs ``c`` with a :class:`CanvasPositions` patch for ``windows`` (rows as crop_windows:
+        ``groups`` conditionings of ``batch`` samples), added first to that call's own ``post_input`` list; check
+        :meth:`CanvasPositions.check_called` after the call."""
+        window_tokens = token_grid((windows[0].h, windows[0].w), self.patch)
+        canvas_tokens = token_grid(canvas_hw, self.patch)
+        shifts = window_shifts(windows, self.patch, canvas_tokens, window_tokens, self.grid, groups, batch)
+        positions = CanvasPositions(self.node, self.model_name, shifts, window_tokens[0] * window_tokens[1],
+                                    text_shift(self.grid, canvas_tokens, window_tokens))
+        options = dict(c.get("transformer_options", {}))
+        patches = dict(options.get("patches", {}))
+        patches["post_input"] = [positions, *patches.get("post_input", [])]
+        options["patches"] = patches
+        return {**c, "transformer_options": options}, positions

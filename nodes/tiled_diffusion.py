@@ -12,11 +12,11 @@ from ..core.canvas.conditioning import window_call_kwargs
 from ..core.canvas.multidiffusion import multidiffusion_predict
 from ..core.canvas.windows import WEIGHT_MODES, repeat_for_windows
 from ._common import (PlanCache, WindowBatchProgress, WindowSpec, check_image_latent, check_latent_values, check_option,
-                      check_patch_grid, check_pixels, check_strides, core_error, latent_factor, mad_tau, patch_size, require,
+                      check_patch_grid, check_pixels, check_strides, core_error, latent_factor, mad_tau, require,
                       size_conditioning_input, takes_size_conditioning, unet_alignment, unet_blocks, window_inputs,
                       with_block_progress, with_layout)
 from .memory import WindowBatchReservation
-from .positions import POSITIONS, position_grid, positions_input, with_canvas_positions
+from .positions import POSITIONS, CanvasPositionHook, positions_input
 
 NODE = "Vista Tiled Diffusion"
 RESERVATION_KEY = "vista_tiled_diffusion"
@@ -34,13 +34,13 @@ class TiledDiffusionPatch:
     ``cond_or_uncond``. Every window batch keeps that grouping (all windows of chunk 0, then of chunk 1, …),
     so a patch that splits the batch by ``cond_or_uncond`` (NAG, SAG, …) sees each chunk whole.
     Progress moves per window batch, and inside a MAD merged call (all windows at once) per UNet block
-    (``blocks``, see :func:`~nodes._common.with_block_progress`). With ``positions`` (a DiT's grid convention,
-    its patch size and class name), every window call carries its rows' canvas positions
-    (:func:`~nodes.positions.with_canvas_positions`).
+    (``blocks``, see :func:`~nodes._common.with_block_progress`). With ``positions``
+    (:class:`~nodes.positions.CanvasPositionHook`), every window call carries its rows' canvas positions.
     """
 
     def __init__(self, spec: WindowSpec, weight_mode: str, batch_size: int, alignment: int, previous=None,
-                 size_factor: int | None = None, blocks: tuple[int, int] = (0, 0), positions: tuple | None = None):
+                 size_factor: int | None = None, blocks: tuple[int, int] = (0, 0),
+                 positions: CanvasPositionHook | None = None):
         self.plans, self.batch_size, self.alignment, self.previous = PlanCache(spec, weight_mode), batch_size, alignment, previous
         self.size_factor, self.progress, self.blocks, self.positions = size_factor, WindowBatchProgress(), blocks, positions
 
@@ -69,9 +69,8 @@ class TiledDiffusionPatch:
         def predict(crops, chunk):
             window_c, canvas_positions = window_call_kwargs(c, x.shape[-2:], chunk, self.size_factor, groups), None
             if self.positions is not None:
-                grid, patch, model_name = self.positions
-                window_c, canvas_positions = with_canvas_positions(NODE, window_c, grid, chunk, patch, x.shape[-2:],
-                                                                   groups, x.shape[0] // groups)
+                window_c, canvas_positions = self.positions.call(window_c, chunk, x.shape[-2:], groups,
+                                                                 x.shape[0] // groups)
             window_args = {"input": crops, "timestep": repeat_for_windows(sigma, len(chunk), groups),
                            "c": window_c, "cond_or_uncond": args["cond_or_uncond"]}
             if self.previous is not None:
@@ -79,7 +78,7 @@ class TiledDiffusionPatch:
             else:
                 out = apply_model(window_args["input"], window_args["timestep"], **window_args["c"])
             if canvas_positions is not None:
-                canvas_positions.check_called(model_name)
+                canvas_positions.check_called()
             return out
 
         self.progress.start_step(step, steps, units)
@@ -152,10 +151,7 @@ class VistaTiledDiffusion(io.ComfyNode):
         check_pixels(NODE, factor, window_width=window_width, window_height=window_height, stride_x=stride_x, stride_y=stride_y)
         check_patch_grid(NODE, model, window_width=window_width, window_height=window_height)
         refuse_second_patch(model)
-        canvas_positions = None
-        if positions == "canvas":
-            name = type(model.get_model_object("diffusion_model")).__name__
-            canvas_positions = (position_grid(NODE, model), patch_size(model), name)
+        canvas_positions = CanvasPositionHook.for_model(NODE, model) if positions == "canvas" else None
         spec = WindowSpec(NODE, window_width, window_height, stride_x, stride_y, factor, wrap_x)
         size_factor = factor if window_size_conditioning and takes_size_conditioning(model) else None
         model = model.clone()

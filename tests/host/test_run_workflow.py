@@ -283,8 +283,12 @@ def test_timeout_interrupts_the_run(comfyui_server, tmp_path):
 
 
 def test_ctrl_c_cancels_the_prompt(comfyui_server, tmp_path):
+    """SIGINT (a terminal's Ctrl-C). The runner starts with SIGINT at its default action, as from a terminal: a
+    background job of a non-interactive shell (CI's shards) inherits SIGINT ignored, and Python then installs no
+    KeyboardInterrupt handler."""
     cmd = [sys.executable, str(RUNNER), str(PANORAMA), *on(comfyui_server), "--smoke", *SLOW]
-    with subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+    with subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) as proc:
         for line in proc.stderr:  # wait until the prompt is queued
             if "queued prompt" in line:
                 break

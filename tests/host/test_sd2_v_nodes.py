@@ -90,12 +90,14 @@ class TestSD2VPrediction:
         assert relative(fused, euler) <= 1e-5
 
     def test_fusion_eta0_panorama_equals_tiled_euler(self, host):
-        """eta 0 latent fusion = Tiled Diffusion + stock euler on a 3-window panorama (1e-5 x max |latent|)."""
+        """eta 0 latent fusion = Tiled Diffusion + stock euler on a 3-window panorama (5e-5 x max |latent|: the two
+        routes batch the windows 2 and 4 per call, so the CPU kernels differ; measured 1.0e-5 at two threads and
+        1.3e-5 at one, CI's shards — a wrong fusion is off by orders of magnitude more)."""
         comfy, tiled_node, fusion_node, model, pos, neg = host
         fused = sample_custom(comfy, model, fusion(fusion_node, 128, 64, window_batch_size=2), pos, neg, 16, 32)
         euler = sample_custom(comfy, tiled(tiled_node, model, 128, 64), comfy.samplers.sampler_object("euler"), pos, neg,
                               16, 32)
-        assert torch.isfinite(fused).all() and relative(fused, euler) <= 1e-5
+        assert torch.isfinite(fused).all() and relative(fused, euler) <= 5e-5
 
     @pytest.mark.parametrize("variance_corrected", [True, False])
     def test_fusion_eta1_panorama(self, host, variance_corrected):
