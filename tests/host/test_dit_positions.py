@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from host import dit_conditioning, import_host, load_checkpoint, tiny_flux, tiny_sd3
-
-SEED = 7
+from test_flux_sd3_nodes import CFG, relative
+from test_flux_sd3_nodes import sample as sample_dit
 
 
 @pytest.fixture(scope="module")
@@ -24,16 +24,6 @@ def comfy():
 def flux():
     model, _ = tiny_flux()
     return model, dit_conditioning("flux", 1), dit_conditioning("flux", 2)
-
-
-def sample(comfy, model, sampler, positive, negative, height, width, steps=2, cfg=1.0):
-    guider = comfy.samplers.CFGGuider(model)
-    guider.set_conds(positive, negative)
-    guider.set_cfg(cfg)
-    latent = torch.zeros(1, 16, height, width)
-    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", steps).cpu()
-    noise = comfy.sample.prepare_noise(latent, SEED)
-    return guider.sample(noise, latent, sampler, sigmas, disable_pbar=True, seed=SEED)
 
 
 def tiled(model, positions, window=256, stride=128, batch=4, wrap=False):
@@ -52,8 +42,9 @@ def fusion(positions, window=256, stride=128, batch=4, eta=0.0):
                                             s_noise=1.0, variance_corrected=True, positions=positions).result[0]
 
 
-def relative(a, b):
-    return (a - b).abs().max().item() / max(1.0, b.abs().max().item())
+def sample(comfy, model, sampler, positive, negative, height, width, steps=2, cfg=CFG["flux"]):
+    """test_flux_sd3_nodes' SamplerCustomAdvanced path (CFGGuider, "simple" sigmas, 16-channel latent)."""
+    return sample_dit(comfy, model, sampler, positive, negative, cfg, height, width, steps=steps)
 
 
 class Recorded:
